@@ -1,0 +1,1 @@
+"""vireid: visible-infrared person re-identification."""

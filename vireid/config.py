@@ -1,0 +1,336 @@
+"""Typed configuration: one frozen dataclass per ``params.yaml`` section.
+
+``params.yaml`` is read by ``pipelines/`` (never by the library) and handed to
+:func:`config_from_dict`, which rejects unknown keys and out-of-range values with a
+:class:`ConfigError` that names the offending key (``model.memory_size``).
+Each section class validates its own values in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The generated dataset of the embedded default (both SYSU-MM01 and RegDB layouts)."""
+
+    seed: int = 0  # same seed, same bytes
+    sysu_identities: int = 48  # identities in the generated SYSU-MM01 tree
+    sysu_images_per_camera: int = 12  # images per (identity, camera) folder; >= 10 for multi-shot
+    regdb_identities: int = 40  # identities in the generated RegDB tree (half train, half test)
+    regdb_images_per_modality: int = 10  # RegDB has 10 visible + 10 thermal per identity
+    image_height: int = 128  # height of a generated image in pixels
+    image_width: int = 64  # width of a generated image in pixels
+
+    def __post_init__(self) -> None:
+        _check(self.sysu_identities >= 8, "data.synthetic.sysu_identities", "must be >= 8")
+        _check(self.sysu_images_per_camera >= 1, "data.synthetic.sysu_images_per_camera", "must be >= 1")
+        _check(self.regdb_identities >= 4 and self.regdb_identities % 2 == 0,
+               "data.synthetic.regdb_identities", "must be an even number >= 4")
+        _check(self.regdb_images_per_modality >= 1, "data.synthetic.regdb_images_per_modality", "must be >= 1")
+        _check(self.image_height >= 16 and self.image_width >= 8,
+               "data.synthetic.image_height", "images must be at least 16x8")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives, and how it is turned into shards."""
+
+    dataset: Literal["sysu", "regdb"] = "sysu"  # protocol family of the raw tree
+    root: str = "data/raw/SYSU-MM01"  # raw dataset tree, in its original layout
+    synthetic: bool = True  # generate the tree at ``root`` (embedded default) instead of reading a real one
+    synth: SyntheticConfig = field(default_factory=SyntheticConfig)  # generator settings
+    sysu_train_lists: tuple[str, ...] = ("train", "val")  # exp/<name>_id.txt files whose ids are trained on
+    regdb_trial: int = 1  # RegDB split trial 1..10 (one model per trial)
+    holdout_identities: int = 4  # training identities held out for model selection (0: none)
+    image_height: int = 288  # stored and training image height; divisible by 16
+    image_width: int = 144  # stored and training image width; divisible by 8
+    shard_rows: int = 1024  # images per Arrow shard file
+    jpeg_quality: int = 95  # quality of the re-encoded, resized images in the shards
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.regdb_trial <= 10, "data.regdb_trial", "must be in 1..10")
+        _check(self.holdout_identities >= 0, "data.holdout_identities", "must be >= 0")
+        _check(self.image_height > 0 and self.image_height % 16 == 0, "data.image_height",
+               f"{self.image_height} is not divisible by the backbone stride 16")
+        _check(self.image_width > 0 and self.image_width % 8 == 0, "data.image_width",
+               f"{self.image_width} is not divisible by 8 (backbone stride 16 with last stride 1 "
+               "needs height % 16 == 0 and width % 8 == 0)")
+        _check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
+        _check(1 <= self.jpeg_quality <= 100, "data.jpeg_quality", "must be in 1..100")
+        _check(len(self.sysu_train_lists) > 0, "data.sysu_train_lists", "must name at least one list")
+        for name in self.sysu_train_lists:
+            _check(name in ("train", "val"), "data.sysu_train_lists", f"unknown list {name!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# model and loss
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The two-stream network and the method's switchable parts (METHOD.md sections 0-2)."""
+
+    arch: Literal["resnet50", "resnet18", "tiny"] = "resnet50"  # tiny: 1 block per stage, for tests
+    pretrained: bool = True  # start the backbone from ImageNet weights
+    weights_path: str = ""  # local ImageNet weights file; empty: torchvision's download
+    last_stride: int = 1  # stride of layer4 (AGW: 1)
+    gem_p: float = 3.0  # generalised-mean pooling exponent
+    fusion: bool = True  # dual classifiers + attention fusion (section 1)
+    memory: bool = True  # multi-view memory (section 2)
+    memory_size: int = 8  # S: slots per identity in the memory
+
+    def __post_init__(self) -> None:
+        _check(self.last_stride in (1, 2), "model.last_stride", "must be 1 or 2")
+        _check(self.gem_p >= 1.0, "model.gem_p", "must be >= 1")
+        _check(self.memory_size >= 1, "model.memory_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss terms (METHOD.md sections 0, 1, 3); each term is returned by name."""
+
+    label_smoothing: float = 0.0  # identity cross-entropy label smoothing
+    triplet: Literal["hard", "wrt", "none"] = "hard"  # cross-modality triplet variant
+    margin: float = 0.3  # margin of the hard-mining triplet
+    distill: bool = True  # self-distillation from fusion and memory teachers (section 3)
+    dynamic: bool = True  # parameter-free dynamic weight; False: static weight 1
+    temperature: float = 4.0  # T of the distillation softmax
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
+        _check(self.margin >= 0.0, "loss.margin", "must be >= 0")
+        _check(self.temperature > 0.0, "loss.temperature", f"must be > 0, got {self.temperature}")
+
+
+# ---------------------------------------------------------------------------------------
+# training, tuning, evaluation, tracking
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """AGW's optimiser and schedule, the batch shape and the Ray Train layout."""
+
+    seed: int = 0  # seeds sampler, augmentation and initialisation
+    epochs: int = 80  # training epochs
+    iters_per_epoch: int = 0  # sampler batches per epoch; 0: one pass over the visible images
+    identities_per_batch: int = 8  # P
+    instances_per_modality: int = 4  # K visible + K infrared per identity
+    lr: float = 0.1  # learning rate of new layers (classifiers, BNNeck)
+    backbone_lr: float = 0.01  # learning rate of the pretrained backbone
+    momentum: float = 0.9  # SGD nesterov momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    warmup_epochs: int = 10  # linear warm-up
+    milestones: tuple[int, ...] = (20, 50)  # x0.1 at each
+    num_workers: int = 1  # Ray Train data-parallel workers
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: int = 1  # CPUs reserved per Ray Train worker
+    loader_workers: int = 0  # DataLoader worker processes per training worker
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    validate_every: int = 1  # epochs between held-out validations
+    max_failures: int = 2  # Ray FailureConfig retries of the worker group
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
+        _check(self.identities_per_batch >= 2, "train.identities_per_batch", "must be >= 2")
+        _check(self.instances_per_modality >= 1, "train.instances_per_modality", "must be >= 1")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.backbone_lr > 0, "train.backbone_lr", "must be > 0")
+        _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+        _check(list(self.milestones) == sorted(self.milestones), "train.milestones", "must be ascending")
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, "train.cpus_per_worker", "must be >= 1")
+        _check(self.loader_workers >= 0, "train.loader_workers", "must be >= 0")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(self.validate_every >= 1, "train.validate_every", "must be >= 1")
+        _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune search over memory size S and temperature T (ASHA on validation mAP)."""
+
+    num_samples: int = 8  # trials
+    memory_sizes: tuple[int, ...] = (2, 4, 8, 16)  # choices for model.memory_size
+    temperature_min: float = 1.0  # log-uniform range of loss.temperature
+    temperature_max: float = 8.0
+    epochs: int = 6  # max epochs per trial
+    grace_period: int = 2  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2  # ASHA halving rate
+    max_concurrent: int = 2  # trials at once
+    seed: int = 0  # search seed
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
+        _check(len(self.memory_sizes) > 0 and min(self.memory_sizes) >= 1,
+               "tune.memory_sizes", "must be non-empty, each >= 1")
+        _check(0 < self.temperature_min <= self.temperature_max, "tune.temperature_min",
+               "need 0 < temperature_min <= temperature_max")
+        _check(self.epochs >= 1, "tune.epochs", "must be >= 1")
+        _check(1 <= self.grace_period <= self.epochs, "tune.grace_period", "must be in 1..tune.epochs")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(self.max_concurrent >= 1, "tune.max_concurrent", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which protocols to run and how."""
+
+    sysu_modes: tuple[str, ...] = ("all", "indoor")  # SYSU search modes
+    sysu_shots: tuple[str, ...] = ("single", "multi")  # SYSU gallery shots
+    sysu_sampler: Literal["community", "official"] = "community"  # gallery sampler
+    official_perm_path: str = ""  # rand_perm_cam.mat for the official sampler
+    trials: int = 10  # gallery trials (SYSU) / split trials averaged (RegDB)
+    flip: bool = True  # flip test-time augmentation
+    rerank: bool = False  # k-reciprocal re-ranking
+    batch_size: int = 128  # images per feature-extraction batch
+    query_chunk: int = 1024  # queries per metric chunk (bounds memory)
+    headline: str = "sysu/all/single/mAP"  # metric that decides registry promotion
+
+    def __post_init__(self) -> None:
+        for m in self.sysu_modes:
+            _check(m in ("all", "indoor"), "eval.sysu_modes", f"unknown mode {m!r}")
+        for s in self.sysu_shots:
+            _check(s in ("single", "multi"), "eval.sysu_shots", f"unknown shot {s!r}")
+        _check(1 <= self.trials <= 10, "eval.trials", "must be in 1..10")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.query_chunk >= 1, "eval.query_chunk", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """MLflow tracking and registry."""
+
+    tracking_uri: str = ""  # empty: local store sqlite:///mlruns/mlflow.db beside the repo
+    experiment: str = "vireid"  # MLflow experiment name
+    model_name: str = "vireid"  # registered model name
+    champion_alias: str = "champion"  # alias moved to a better model
+    challenger_alias: str = "challenger"  # alias given to a model that did not beat the champion
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of ``params.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.distill:
+            _check(self.model.fusion or self.model.memory, "loss.distill",
+                   "needs a teacher: turn on model.fusion or model.memory")
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = get_origin(typ)
+    if origin is Literal:
+        _check(value in get_args(typ), key, f"must be one of {list(get_args(typ))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if value is None and len(args) < len(get_args(typ)):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        (item,) = {a for a in get_args(typ) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(typ):
+        return build(typ, value, key)
+    if typ is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported config type {typ!r}")
+
+
+def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, naming ``where.key`` in every error."""
+    data = {} if data is None else data
+    _check(isinstance(data, Mapping), where, f"must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    _check(not unknown, f"{where}.{unknown[0]}" if unknown else where,
+           f"unknown key (known keys: {', '.join(names)})")
+    kwargs = {name: _coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
+    return cls(**kwargs)
+
+
+def config_from_dict(params: Mapping[str, Any]) -> Config:
+    """Validate a parsed ``params.yaml`` into a :class:`Config`."""
+    _check(isinstance(params, Mapping), "params.yaml", "top level must be a mapping")
+    hints = get_type_hints(Config)
+    names = [f.name for f in dataclasses.fields(Config)]
+    unknown = sorted(set(params) - set(names))
+    _check(not unknown, unknown[0] if unknown else "", f"unknown section (known: {', '.join(names)})")
+    return Config(**{n: build(hints[n], params.get(n), n) for n in names})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (lists for tuples), e.g. for logging as flat MLflow params."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def replace(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """Return a copy with some fields of some sections replaced, re-validated.
+
+    ``replace(cfg, model={"memory_size": 4}, loss={"temperature": 2.0})``
+    """
+    plain = config_to_dict(config)
+    for section, values in sections.items():
+        _check(section in plain, section, "unknown section")
+        plain[section].update(values)
+    return config_from_dict(plain)
