@@ -1,0 +1,31 @@
+"""Atomic writers leave either the old content or the new, never a partial one."""
+
+from pathlib import Path
+
+import pytest
+
+from vireid.io import atomic_directory, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
+    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "m.json").read_text().startswith('{\n  "a"')
+
+
+def test_atomic_directory_failure_keeps_old(tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    with atomic_directory(out) as tmp:
+        (tmp / "x").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
+        (tmp / "x").write_text("half")
+        raise RuntimeError("interrupted")
+    assert (out / "x").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+    with atomic_directory(out) as tmp:
+        (tmp / "y").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["y"]
