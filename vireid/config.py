@@ -36,13 +36,22 @@ class SyntheticConfig:
     seed: int = 0  # same seed, same bytes
     sysu_identities: int = 48  # identities in the generated SYSU-MM01 tree
     sysu_images_per_camera: int = 12  # images per (identity, camera) folder; >= 10 for multi-shot
+    sysu_val_fraction: float = 0.15  # share of SYSU identities written to exp/val_id.txt
+    sysu_test_fraction: float = 0.25  # share of SYSU identities in exp/test_id.txt (at least 8)
     regdb_identities: int = 40  # identities in the generated RegDB tree (half train, half test)
     regdb_images_per_modality: int = 10  # RegDB has 10 visible + 10 thermal per identity
     image_height: int = 128  # height of a generated image in pixels
     image_width: int = 64  # width of a generated image in pixels
 
     def __post_init__(self) -> None:
-        _check(self.sysu_identities >= 8, "data.synthetic.sysu_identities", "must be >= 8")
+        _check(self.sysu_identities >= 12, "data.synthetic.sysu_identities",
+               "must be >= 12 (8 test identities + val + at least 2 train)")
+        _check(0.0 <= self.sysu_val_fraction < 1.0, "data.synthetic.sysu_val_fraction", "must be in [0, 1)")
+        _check(0.0 < self.sysu_test_fraction < 1.0, "data.synthetic.sysu_test_fraction", "must be in (0, 1)")
+        n_test = max(8, round(self.sysu_test_fraction * self.sysu_identities))
+        n_val = round(self.sysu_val_fraction * self.sysu_identities)
+        _check(self.sysu_identities - n_test - n_val >= 2, "data.synthetic.sysu_test_fraction",
+               f"leaves {self.sysu_identities - n_test - n_val} train identities (need >= 2)")
         _check(self.sysu_images_per_camera >= 1, "data.synthetic.sysu_images_per_camera", "must be >= 1")
         _check(self.regdb_identities >= 4 and self.regdb_identities % 2 == 0,
                "data.synthetic.regdb_identities", "must be an even number >= 4")
@@ -62,6 +71,7 @@ class DataConfig:
     sysu_train_lists: tuple[str, ...] = ("train", "val")  # exp/<name>_id.txt files whose ids are trained on
     regdb_trial: int = 1  # RegDB split trial 1..10 (one model per trial)
     holdout_identities: int = 4  # training identities held out for model selection (0: none)
+    holdout_seed: int = 0  # seed of the choice of held-out identities
     image_height: int = 288  # stored and training image height; divisible by 16
     image_width: int = 144  # stored and training image width; divisible by 8
     shard_rows: int = 1024  # images per Arrow shard file
