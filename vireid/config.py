@@ -44,20 +44,20 @@ class SyntheticConfig:
     image_width: int = 64  # width of a generated image in pixels
 
     def __post_init__(self) -> None:
-        _check(self.sysu_identities >= 12, "data.synthetic.sysu_identities",
+        _check(self.sysu_identities >= 12, "data.synth.sysu_identities",
                "must be >= 12 (8 test identities + val + at least 2 train)")
-        _check(0.0 <= self.sysu_val_fraction < 1.0, "data.synthetic.sysu_val_fraction", "must be in [0, 1)")
-        _check(0.0 < self.sysu_test_fraction < 1.0, "data.synthetic.sysu_test_fraction", "must be in (0, 1)")
+        _check(0.0 <= self.sysu_val_fraction < 1.0, "data.synth.sysu_val_fraction", "must be in [0, 1)")
+        _check(0.0 < self.sysu_test_fraction < 1.0, "data.synth.sysu_test_fraction", "must be in (0, 1)")
         n_test = max(8, round(self.sysu_test_fraction * self.sysu_identities))
         n_val = round(self.sysu_val_fraction * self.sysu_identities)
-        _check(self.sysu_identities - n_test - n_val >= 2, "data.synthetic.sysu_test_fraction",
+        _check(self.sysu_identities - n_test - n_val >= 2, "data.synth.sysu_test_fraction",
                f"leaves {self.sysu_identities - n_test - n_val} train identities (need >= 2)")
-        _check(self.sysu_images_per_camera >= 1, "data.synthetic.sysu_images_per_camera", "must be >= 1")
+        _check(self.sysu_images_per_camera >= 1, "data.synth.sysu_images_per_camera", "must be >= 1")
         _check(self.regdb_identities >= 4 and self.regdb_identities % 2 == 0,
-               "data.synthetic.regdb_identities", "must be an even number >= 4")
-        _check(self.regdb_images_per_modality >= 1, "data.synthetic.regdb_images_per_modality", "must be >= 1")
+               "data.synth.regdb_identities", "must be an even number >= 4")
+        _check(self.regdb_images_per_modality >= 1, "data.synth.regdb_images_per_modality", "must be >= 1")
         _check(self.image_height >= 16 and self.image_width >= 8,
-               "data.synthetic.image_height", "images must be at least 16x8")
+               "data.synth.image_height", "images must be at least 16x8")
 
 
 @dataclass(frozen=True)
