@@ -1,0 +1,27 @@
+"""Shared helpers of the pipeline entry points: params.yaml -> Config, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from vireid.config import Config, ConfigError, config_from_dict
+
+
+def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
+    """Read ``path`` with ``yaml.safe_load`` and validate it into a :class:`Config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found")
+    with path.open(encoding="utf-8") as fh:
+        params = yaml.safe_load(fh)
+    return config_from_dict(params if params is not None else {})
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One-line timestamped log records on stderr (idempotent)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")

@@ -1,0 +1,21 @@
+"""DVC stage ``prepare``: raw tree at ``data.root`` -> Arrow shards + manifest.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.common import load_config, setup_logging
+from vireid.data.prepare import prepare
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser.add_argument("--out", default="data/shards", help="shard directory (default data/shards)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    prepare(load_config(args.params).data, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""DVC stage ``synth``: generate the synthetic dataset tree at ``data.root``.
+
+Does nothing when ``data.synthetic`` is false (a real dataset lives at ``data.root``).
+The tree is built under a temporary name and renamed into place (atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipelines.common import load_config, setup_logging
+from vireid.data.synthetic import generate_regdb, generate_sysu
+
+log = logging.getLogger("pipelines.synth")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    data = load_config(args.params).data
+    if not data.synthetic:
+        log.info("data.synthetic is false: using the dataset at %s, nothing to generate", data.root)
+        return
+    if data.dataset == "sysu":
+        generate_sysu(data.root, data.synth)
+    else:
+        generate_regdb(data.root, data.synth)
+
+
+if __name__ == "__main__":
+    main()
