@@ -1,0 +1,37 @@
+"""Network, losses and training task of the method (METHOD.md sections 0-3)."""
+
+from vireid.modeling.backbone import PretrainedWeightsError, TwoStreamResNet, load_pretrained_state
+from vireid.modeling.export import (
+    EmbedModule,
+    ExportError,
+    export_torchscript,
+    load_torchscript,
+    save_torchscript,
+    verify_export,
+)
+from vireid.modeling.fusion import fuse_pairs, self_owned_attention
+from vireid.modeling.memory import MultiViewMemory
+from vireid.modeling.model import BNNeck, GeM, VIReIDModel
+from vireid.modeling.task import ReIDTask, TaskState, all_gather_rows, check_batch_layout
+
+__all__ = [
+    "BNNeck",
+    "EmbedModule",
+    "ExportError",
+    "GeM",
+    "MultiViewMemory",
+    "PretrainedWeightsError",
+    "ReIDTask",
+    "TaskState",
+    "TwoStreamResNet",
+    "VIReIDModel",
+    "all_gather_rows",
+    "check_batch_layout",
+    "export_torchscript",
+    "fuse_pairs",
+    "load_pretrained_state",
+    "load_torchscript",
+    "save_torchscript",
+    "self_owned_attention",
+    "verify_export",
+]

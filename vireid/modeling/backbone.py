@@ -1,0 +1,132 @@
+"""Two-stream ResNet: one stem per modality, shared residual stages (METHOD.md section 0)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet, ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.resnet import BasicBlock
+
+ARCHS = ("resnet50", "resnet18", "tiny")
+# AGW starts from the original ImageNet release (V1) of torchvision's ResNets.
+_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V1, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had; the message says how to supply them."""
+
+
+def _plain_resnet(arch: str) -> ResNet:
+    if arch == "resnet50":
+        return resnet50(weights=None)
+    if arch == "resnet18":
+        return resnet18(weights=None)
+    if arch == "tiny":
+        return ResNet(BasicBlock, [1, 1, 1, 1])
+    raise ValueError(f"model.arch: unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+
+
+def _how_to_supply(arch: str) -> str:
+    url = _WEIGHTS[arch].url
+    name = url.rsplit("/", 1)[-1]
+    return (f"download {url} on a machine with network access and either set model.weights_path "
+            f"in params.yaml to that file, or place it as '{name}' in torchvision's checkpoint "
+            f"directory (<TORCH_HOME>/hub/checkpoints/{name}); or set model.pretrained: false "
+            f"to train from scratch on purpose")
+
+
+def load_pretrained_state(arch: str, weights_path: str = "", model_dir: str | None = None) -> dict[str, Tensor]:
+    """ImageNet state dict of torchvision's plain ``arch``, from ``weights_path`` or torchvision.
+
+    ``model_dir`` is torchvision's checkpoint cache directory (None: torch hub's default).
+    Raises :class:`PretrainedWeightsError` when the weights cannot be had or do not fit ``arch``.
+    """
+    if arch not in _WEIGHTS:
+        raise PretrainedWeightsError(
+            f"model.pretrained: arch {arch!r} has no pretrained weights; set model.pretrained: false "
+            f"or pick one of {', '.join(_WEIGHTS)}")
+    if weights_path:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise PretrainedWeightsError(
+                f"model.weights_path: {path} does not exist; {_how_to_supply(arch)}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types
+            raise PretrainedWeightsError(
+                f"model.weights_path: {path} is not a loadable torch state dict ({e}); "
+                f"{_how_to_supply(arch)}") from e
+        source = str(path)
+    else:
+        try:
+            state = _WEIGHTS[arch].get_state_dict(progress=False, model_dir=model_dir)
+        except Exception as e:  # URLError, HTTPError, OSError, a truncated cache file, ...
+            raise PretrainedWeightsError(
+                f"model.pretrained: could not obtain torchvision's ImageNet weights for {arch} "
+                f"({type(e).__name__}: {e}); {_how_to_supply(arch)}") from e
+        source = _WEIGHTS[arch].url
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(
+            f"model.weights_path: {source} holds a {type(state).__name__}, not a state dict; "
+            f"{_how_to_supply(arch)}")
+    # check that the file fits the architecture before anything is copied
+    try:
+        _plain_resnet(arch).load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PretrainedWeightsError(
+            f"model.weights_path: {source} is not a torchvision {arch} state dict "
+            f"({str(e).splitlines()[0]} ...); {_how_to_supply(arch)}") from e
+    return state
+
+
+def _set_last_stride(layer4: nn.Sequential, stride: int) -> None:
+    """Set the stride of layer4's first block (its strided conv and its downsample)."""
+    block = layer4[0]
+    for conv in (block.conv1, getattr(block, "conv2", None)):
+        if conv is not None and conv.stride != (1, 1):
+            conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+
+
+class TwoStreamResNet(nn.Module):
+    """ResNet with modality-specific stems (index = modality code: 0 visible, 1 infrared)
+    and shared ``layer1..layer4``.
+
+    ``pretrained``: start from ImageNet weights (``weights_path`` if given, else torchvision's
+    download into ``model_dir``); the same weights go into both stems and the shared layers.
+    """
+
+    def __init__(self, arch: str = "resnet50", pretrained: bool = True, weights_path: str = "",
+                 last_stride: int = 1, model_dir: str | None = None) -> None:
+        super().__init__()
+        base = _plain_resnet(arch)
+        if pretrained:
+            base.load_state_dict(load_pretrained_state(arch, weights_path, model_dir))
+        stem = nn.Sequential(base.conv1, base.bn1, base.relu, base.maxpool)
+        self.stems = nn.ModuleList([stem, copy.deepcopy(stem)])
+        self.layer1, self.layer2, self.layer3, self.layer4 = base.layer1, base.layer2, base.layer3, base.layer4
+        _set_last_stride(self.layer4, last_stride)
+        self.out_channels: int = base.fc.in_features
+        self.arch = arch
+
+    def forward(self, x: Tensor, modality: Tensor) -> Tensor:
+        # x [B,3,H,W], modality [B] long in {0,1} -> [B,C,H/(16 or 32),W/(16 or 32)]
+        parts: list[Tensor] = []
+        index: list[Tensor] = []
+        for code, stem in enumerate(self.stems):
+            idx = torch.nonzero(modality == code).flatten()  # [B_m]
+            if idx.numel() > 0:
+                parts.append(stem(x.index_select(0, idx)))  # [B_m,64,H/4,W/4]
+                index.append(idx)
+        order = torch.cat(index)  # [B] batch positions in stem-output order
+        if order.numel() != x.shape[0]:
+            raise ValueError("modality codes must be 0 (visible) or 1 (infrared)")
+        y = torch.cat(parts).index_select(0, torch.argsort(order))  # back to input order
+        y = self.layer1(y)
+        y = self.layer2(y)
+        y = self.layer3(y)
+        return self.layer4(y)  # [B,C,h,w]

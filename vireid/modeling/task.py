@@ -1,0 +1,125 @@
+"""The training task: one batch in, named loss terms out; memory update after the step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vireid.config import LossConfig
+from vireid.modeling import losses as L
+from vireid.modeling.fusion import fuse_pairs
+from vireid.modeling.model import VIReIDModel
+
+
+@dataclass
+class TaskState:
+    """What one step hands to :meth:`ReIDTask.after_step` (and to logging).
+
+    ``features [B,d]``: detached BNNeck features g of the batch; ``labels [B]``;
+    ``kd_weights``: mean distillation weight per teacher (``fuse``, ``mem``), detached 0-dim
+    tensors, empty when distillation is off.
+    """
+
+    features: Tensor
+    labels: Tensor
+    kd_weights: dict[str, Tensor]
+
+
+def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
+    """Check the sampler's ``[visible block, infrared block]`` layout; return the block size.
+
+    The two halves must carry the same labels in the same order, modalities 0 then 1, so
+    that ``(i, n + i)`` is the i-th visible/infrared pair.
+    """
+    b = labels.shape[0]
+    if labels.ndim != 1 or modalities.shape != labels.shape or b < 2 or b % 2:
+        raise ValueError(f"batch layout: expected labels and modalities [2n], got "
+                         f"{tuple(labels.shape)} and {tuple(modalities.shape)}")
+    n = b // 2
+    ok = ((labels[:n] == labels[n:]).all() & (modalities[:n] == 0).all() & (modalities[n:] == 1).all())
+    if not bool(ok):
+        raise ValueError(
+            "batch layout: expected [visible block (P*K), infrared block (P*K)] with the same "
+            "label order in both blocks (IdentityBalancedSampler's order); got labels "
+            f"{labels.tolist()} and modalities {modalities.tolist()}")
+    return n
+
+
+class ReIDTask(nn.Module):
+    """Computes the method's named loss terms for a sampler batch (METHOD.md sections 0-3).
+
+    Terms: ``id`` (shared classifier on g), ``tri`` (cross-modality triplet on f, unless
+    ``loss.triplet`` is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when
+    ``loss.distill``). The task holds no optimiser and no parameters of its own.
+    """
+
+    def __init__(self, model: VIReIDModel, loss_cfg: LossConfig) -> None:
+        super().__init__()
+        if loss_cfg.distill and model.dual_classifiers is None and model.memory is None:
+            raise ValueError("loss.distill: needs a teacher: turn on model.fusion or model.memory")
+        self.model, self.cfg = model, loss_cfg
+
+    def forward(self, images: Tensor, labels: Tensor, modalities: Tensor) -> tuple[dict[str, Tensor], TaskState]:
+        # images [B,3,H,W] in sampler layout, labels [B], modalities [B] -> named scalar losses
+        cfg, model = self.cfg, self.model
+        n = check_batch_layout(labels, modalities)
+        out = model(images, modalities)
+        f, g = out["f"], out["g"]  # [B,d] each
+        w = model.classifier.weight  # [C,d]
+        logits = F.linear(g, w)  # [B,C]
+        losses: dict[str, Tensor] = {"id": L.identity_loss(logits, labels, cfg.label_smoothing)}
+        if cfg.triplet != "none":
+            losses["tri"] = L.triplet_loss(cfg.triplet, f, labels, modalities, cfg.margin)
+        teachers: list[tuple[Tensor, Tensor | None]] = []
+        names: list[str] = []
+        if model.dual_classifiers is not None:
+            w_v, w_r = model.dual_classifiers[0].weight, model.dual_classifiers[1].weight  # [C,d]
+            g_v, g_r, y = g[:n], g[n:], labels[:n]  # [n,d], [n,d], [n]
+            losses["dual"] = L.dual_classifier_loss(F.linear(g_v, w_v), y, F.linear(g_r, w_r), y,
+                                                    cfg.label_smoothing)
+            h = fuse_pairs(g_v, g_r, y, w_v.detach(), w_r.detach())  # [n,d]
+            fused_logits = F.linear(h, w)  # [n,C]
+            losses["fuse"] = L.fused_feature_loss(fused_logits, y, cfg.label_smoothing)
+            teachers.append((fused_logits.detach().repeat(2, 1), None))  # pair k teaches k and n+k
+            names.append("fuse")
+        if model.memory is not None:
+            m, has = model.memory.means()  # [C,d], [C]
+            mem_logits = F.linear(m[labels].to(g.dtype), w.detach())  # [B,C]
+            teachers.append((mem_logits, has[labels]))
+            names.append("mem")
+        kd_weights: dict[str, Tensor] = {}
+        if cfg.distill:
+            losses["kd"], weights = L.distillation_loss(logits, teachers, labels, cfg.temperature,
+                                                        cfg.dynamic)
+            kd_weights = {k: v.mean().detach() for k, v in zip(names, weights, strict=True)}
+        return losses, TaskState(g.detach(), labels.detach(), kd_weights)
+
+    @torch.no_grad()
+    def after_step(self, state: TaskState) -> None:
+        """Write the step's features into the memory (all ranks' features when distributed)."""
+        memory = self.model.memory
+        if memory is None:
+            return
+        features, labels = state.features, state.labels
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            features, labels = all_gather_rows(features.float()), all_gather_rows(labels)
+        memory.write(features, labels)
+
+
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Concatenate ``x [N_r,...]`` of every rank in rank order (N_r may differ per rank)."""
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    top = max(counts)
+    padded = x.new_zeros((top, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
