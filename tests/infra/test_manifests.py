@@ -1,0 +1,230 @@
+"""infra/: every manifest validates against its schema, and says what the pipeline needs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = _schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    cluster = _load(INFRA / "k8s" / "raycluster.yaml")
+    job = _load(INFRA / "k8s" / "rayjob.yaml")
+    return [("raycluster", cluster["spec"]), ("rayjob", job["spec"]["rayClusterSpec"])]
+
+
+# ------------------------------------------------------------------------------ schemas
+
+
+@pytest.mark.parametrize("name, path", [("raycluster", "k8s/raycluster.yaml"), ("rayjob", "k8s/rayjob.yaml")])
+def test_kuberay_manifest_is_valid(name: str, path: str) -> None:
+    _validator(name).validate(_load(INFRA / path))
+
+
+def test_kuberay_schema_rejects_what_the_crd_rejects() -> None:
+    doc = _load(INFRA / "k8s" / "raycluster.yaml")
+    validator = _validator("raycluster")
+    bad = copy.deepcopy(doc)
+    bad["spec"]["workerGroupSpecs"][0]["replica"] = 2  # typo of replicas
+    assert not validator.is_valid(bad)
+    bad = copy.deepcopy(doc)
+    del bad["spec"]["workerGroupSpecs"][0]["groupName"]
+    assert not validator.is_valid(bad)
+    bad = copy.deepcopy(doc)
+    bad["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"] = "one"
+    assert not validator.is_valid(bad)
+    bad = copy.deepcopy(doc)
+    bad["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 4  # must be a string
+    assert not validator.is_valid(bad)
+    bad = copy.deepcopy(doc)
+    bad["apiVersion"] = "ray.io/v1alpha1"
+    assert not validator.is_valid(bad)
+
+
+def test_compose_file_is_valid() -> None:
+    validator = _validator("compose")
+    doc = _load(INFRA / "mlflow" / "compose.yaml")
+    validator.validate(doc)
+    bad = copy.deepcopy(doc)
+    bad["services"]["mlflow"]["depends_on"]["postgres"]["condition"] = "service_ready"
+    assert not validator.is_valid(bad)
+
+
+def test_cluster_launcher_config_is_valid_for_ray() -> None:
+    """Validated by Ray itself: its shipped ray-schema.json plus validate_config's checks."""
+    config = _load(INFRA / "ray" / "cluster.yaml")
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    jsonschema.validate(config, json.loads(schema_path.read_text(encoding="utf-8")))
+    validate_config(config)
+    bad = copy.deepcopy(config)
+    bad["available_node_types"]["gpu_worker"]["resources"]["GPU"] = 0.5  # must be an integer
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(bad)
+    bad = copy.deepcopy(config)
+    bad["head_node_type"] = "nope"
+    with pytest.raises(ValueError):
+        validate_config(bad)
+
+
+def test_dvc_remote_example_is_valid_for_dvc() -> None:
+    from dvc.config import Config
+
+    conf = Config.validate(Config.load_file(str(INFRA / "dvc" / "config.example")))
+    assert conf["core"]["remote"] == "storage"
+    remote = conf["remote"]["storage"]
+    assert remote["url"].startswith("s3://")
+    assert remote["endpointurl"] == "http://127.0.0.1:9000"  # the MinIO of infra/mlflow
+
+
+# ------------------------------------------------------------------------------ semantics
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_gpu_workers_request_gpus_and_share_one_image(which: str) -> None:
+    spec = dict(_cluster_specs())[which]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    images = {head["image"]}
+    gpus = 0
+    for group in spec["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        images.add(container["image"])
+        res = container["resources"]
+        assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"]
+        gpus += int(res["limits"]["nvidia.com/gpu"]) * group["replicas"]
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert gpus >= 1
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    assert spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    assert len(images) == 1, f"head and workers must run the same image, got {images}"
+    assert spec["rayVersion"] == ray.__version__
+
+
+def test_rayjob_and_raycluster_describe_the_same_cluster() -> None:
+    specs = dict(_cluster_specs())
+    assert specs["raycluster"]["headGroupSpec"]["rayStartParams"] == specs["rayjob"]["headGroupSpec"]["rayStartParams"]
+    strip = [{k: v for k, v in g.items() if k != "template"} for g in specs["raycluster"]["workerGroupSpecs"]]
+    strip_job = [{k: v for k, v in g.items() if k != "template"} for g in specs["rayjob"]["workerGroupSpecs"]]
+    assert strip == strip_job
+
+
+def test_rayjob_entrypoint_runs_the_pipeline_within_the_gpus_it_asks_for() -> None:
+    job = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]
+    entry = job["entrypoint"]
+    assert "dvc exp run" in entry or "dvc repro" in entry
+    assert "dvc pull" in entry and "dvc push" in entry
+    sets = dict(re.findall(r"-S\s+([\w.]+)=(\S+?)(?:;|\s|$)", entry))
+    assert sets["train.use_gpu"] == "true"
+    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+               * g["replicas"] for g in job["rayClusterSpec"]["workerGroupSpecs"])
+    assert int(sets["train.num_workers"]) <= gpus
+    # every -S key is a real params.yaml key
+    params = _load(REPO / "params.yaml")
+    for key in sets:
+        section, name = key.split(".")
+        assert name in params[section], key
+    env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]
+    volumes = {m["mountPath"] for m in job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+               ["containers"][0]["volumeMounts"]}
+    assert env["VIREID_RAY_STORAGE"] in volumes  # Ray storage on the shared volume
+    # the command is a well-formed shell line
+    shlex.split(entry)
+
+
+def test_workers_mount_the_shared_storage_read_write_many() -> None:
+    pvc = _load(INFRA / "k8s" / "pvc.yaml")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for _, spec in _cluster_specs():
+        pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        for pod in pods:
+            claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]
+                      if "persistentVolumeClaim" in v}
+            assert pvc["metadata"]["name"] in claims
+
+
+def test_cluster_launcher_has_gpu_workers_and_installs_from_the_lock() -> None:
+    config = _load(INFRA / "ray" / "cluster.yaml")
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    workers = [t for n, t in types.items() if n != config["head_node_type"]]
+    assert any(t["resources"].get("GPU", 0) >= 1 and t["min_workers"] >= 1 for t in workers)
+    setup = " ".join(config["setup_commands"])
+    assert "uv sync --frozen" in setup
+    assert "ray start --head" in " ".join(config["head_start_ray_commands"])
+    assert "--address=$RAY_HEAD_IP" in " ".join(config["worker_start_ray_commands"])
+
+
+def test_mlflow_server_uses_postgres_and_s3() -> None:
+    doc = _load(INFRA / "mlflow" / "compose.yaml")
+    services = doc["services"]
+    cmd = services["mlflow"]["command"]
+    assert cmd[:2] == ["mlflow", "server"]
+    args: dict[str, str | None] = {}
+    for i, word in enumerate(cmd[2:], start=2):
+        if word.startswith("--"):
+            nxt = cmd[i + 1] if i + 1 < len(cmd) else None
+            args[word] = None if nxt is None or nxt.startswith("--") else nxt
+    assert "--serve-artifacts" in args
+    assert args["--backend-store-uri"].startswith("postgresql://")
+    assert "@postgres:5432/" in args["--backend-store-uri"]  # the compose service name
+    assert args["--artifacts-destination"].startswith("s3://")
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert args["--host"] == "0.0.0.0"  # inside the network; published on loopback only:
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    bucket = str(args["--artifacts-destination"]).removeprefix("s3://").strip("/")
+    assert f"local/{bucket}" in " ".join(services["buckets"]["entrypoint"])
+    dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text(encoding="utf-8")
+    assert "psycopg2" in dockerfile and "boto3" in dockerfile
+    import mlflow
+
+    assert f"mlflow:v{mlflow.__version__}" in dockerfile  # server matches the locked client
+
+
+def test_dockerfile_installs_from_the_lock() -> None:
+    text = (INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    runs = [line for line in text.splitlines() if line.startswith("RUN")]
+    assert any("uv sync --frozen" in r for r in runs)
+    assert "COPY pyproject.toml uv.lock" in text
+    python = re.search(r"^FROM python:(\d+\.\d+)", text, re.M)
+    assert python is not None
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'requires-python = ">={python.group(1)}' in pyproject
+
+
+def test_readme_explains_every_file() -> None:
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    for path in sorted(INFRA.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            rel = path.relative_to(INFRA).as_posix()
+            assert rel in readme, f"infra/README.md does not mention {rel}"
