@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +20,33 @@ from vireid.data.sysu import read_sysu
 
 
 @pytest.fixture(scope="module")
-def public_tree(eval_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Rebuild sysu_tree_public (45,863 empty files) once for the module."""
+def public_tree(eval_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+    """Rebuild sysu_tree_public once for the module, with empty files.
+
+    Every file of a test identity is created (10,578); of the other identities' folders
+    (which cannot change query or gallery) only the first file. The tree goes to a tmpfs
+    (/dev/shm) when there is one: thousands of file creations on a busy disk are slow.
+    """
     meta = json.loads((eval_fixtures / "sysu_tree_public.json").read_text())
-    root = tmp_path_factory.mktemp("public") / "SYSU-MM01"
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="vireid-sysu-", dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) \
+        else tmp_path_factory.mktemp("public")
+    root = base / "SYSU-MM01"
+    test_ids = {f"{i:04d}" for i in meta["test_ids_sorted"]}
     made: set[Path] = set()
     for rel in (eval_fixtures / meta["listing_file"]).read_text().split():
         path = root / rel
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
+        elif path.parent.name not in test_ids:
+            continue
         if rel == "exp/test_id.txt":
             path.write_text(meta["test_id_txt"])
         else:
             path.touch()
-    return root, meta
+    yield root, meta
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_public_tree_query_and_gallery_match_reference(public_tree: tuple[Path, dict],

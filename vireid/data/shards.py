@@ -224,11 +224,10 @@ def write_shards(
 
 
 def decode_jpeg(data: bytes) -> torch.Tensor:
-    """JPEG bytes -> uint8 tensor [3, H, W]."""
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as _decode
-
-    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    """JPEG bytes -> uint8 tensor [3, H, W] (PIL: no torchvision import in loader workers)."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.array(im.convert("RGB"), dtype=np.uint8)  # [H, W, 3], writable copy
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 class ShardTable:

@@ -1,0 +1,63 @@
+"""Transforms on uint8 [3,H,W]; ShardImageDataset items; a sampler-driven loader batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vireid.config import DataConfig
+from vireid.data import transforms as T
+from vireid.data.loader import ShardImageDataset
+from vireid.data.prepare import prepare
+from vireid.data.sampler import IdentityBalancedSampler
+from vireid.data.shards import ShardSet
+from vireid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+H, W = 32, 16
+
+
+def test_test_transform_is_resize_and_normalise() -> None:
+    img = torch.randint(0, 256, (3, H, W), dtype=torch.uint8)
+    out = T.test_transform(H, W)(img)
+    assert out.dtype == torch.float32 and tuple(out.shape) == (3, H, W)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(out, (img.float() / 255 - mean) / std)
+    assert tuple(T.test_transform(16, 8)(img).shape) == (3, 16, 8)
+
+
+def test_train_transform_seeded_and_augments() -> None:
+    img = torch.arange(3 * H * W, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, H, W)
+    t = T.train_transform(H, W)
+    torch.manual_seed(0)
+    a = t(img)
+    torch.manual_seed(0)
+    b = t(img)
+    torch.testing.assert_close(a, b)
+    assert tuple(a.shape) == (3, H, W) and a.dtype == torch.float32
+    torch.manual_seed(1)
+    outs = [t(img) for _ in range(8)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # crop/flip vary
+    pad_value = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    border = torch.stack([o[:, 0, 0] for o in outs])
+    assert any(torch.allclose(row, pad_value, atol=1e-5) for row in border)  # zero padding shows up
+
+
+def test_dataset_items_and_balanced_batch(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    cfg = DataConfig(root=str(tiny_sysu_master), image_height=H, image_width=W, holdout_identities=0)
+    table = ShardSet(prepare(cfg, tmp_path / "shards")).table("train")
+    ds = ShardImageDataset(table, T.test_transform(H, W))
+    item = ds[7]
+    assert set(item) == {"image", "label", "modality", "camera", "identity", "index"}
+    assert item["index"] == 7 and item["label"] == table.label[7] and item["camera"] == table.camera[7]
+    assert item["modality"] == table.modality[7] and tuple(item["image"].shape) == (3, H, W)
+    raw = ShardImageDataset(table)[7]["image"]
+    assert raw.dtype == torch.uint8 and torch.equal(raw, table.image(7))
+    sampler = IdentityBalancedSampler(table.label, table.modality, 2, 2, seed=0)
+    batch = next(iter(DataLoader(ds, batch_sampler=sampler)))
+    assert tuple(batch["image"].shape) == (8, 3, H, W)
+    np.testing.assert_array_equal(batch["modality"].numpy(), [0] * 4 + [1] * 4)
+    np.testing.assert_array_equal(batch["label"][:4].numpy(), batch["label"][4:].numpy())
