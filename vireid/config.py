@@ -218,6 +218,8 @@ class EvalConfig:
     rerank: bool = False  # k-reciprocal re-ranking
     batch_size: int = 128  # images per feature-extraction batch
     query_chunk: int = 1024  # queries per metric chunk (bounds memory)
+    stable_argsort: bool = False  # ties: False = numpy default argsort (the AGW reference), True = lower gallery index first
+    max_rank: int = 20  # length of the reported CMC curve (Rank-1..Rank-max_rank)
     headline: str = "sysu/all/single/mAP"  # metric that decides registry promotion
 
     def __post_init__(self) -> None:
@@ -228,17 +230,27 @@ class EvalConfig:
         _check(1 <= self.trials <= 10, "eval.trials", "must be in 1..10")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.query_chunk >= 1, "eval.query_chunk", "must be >= 1")
+        _check(self.max_rank >= 20, "eval.max_rank", "must be >= 20 (Rank-20 is a headline metric)")
 
 
 @dataclass(frozen=True)
 class TrackConfig:
     """MLflow tracking and registry."""
 
-    tracking_uri: str = ""  # empty: local store sqlite:///mlruns/mlflow.db beside the repo
+    tracking_uri: str = ""  # empty: local store sqlite:///<repo>/mlruns/mlflow.db; else a DB URI or http://server
+    artifact_location: str = ""  # artifact root of a new experiment; empty: <repo>/mlruns/artifacts locally, the store's default otherwise
     experiment: str = "vireid"  # MLflow experiment name
     model_name: str = "vireid"  # registered model name
     champion_alias: str = "champion"  # alias moved to a better model
     challenger_alias: str = "challenger"  # alias given to a model that did not beat the champion
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "track.experiment", "must not be empty")
+        _check(bool(self.model_name), "track.model_name", "must not be empty")
+        _check(bool(self.champion_alias) and bool(self.challenger_alias), "track.champion_alias",
+               "aliases must not be empty")
+        _check(self.champion_alias != self.challenger_alias, "track.challenger_alias",
+               f"must differ from track.champion_alias ({self.champion_alias!r})")
 
 
 @dataclass(frozen=True)

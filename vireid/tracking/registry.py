@@ -1,0 +1,149 @@
+"""Model registry: every registered model becomes a new version; alias ``champion`` moves
+only to a better model on the same protocol.
+
+**Protocol** (:func:`protocol_key`): the evaluation entry of the headline metric plus what
+else changes its numbers: ``sysu/all/single@community`` (dataset/mode/shot @ gallery
+sampler), ``regdb/v2t@trial1`` (direction @ RegDB trial), with ``+rerank`` appended when
+k-reciprocal re-ranking was on.
+
+**Promotion rule** (:func:`decide`), in order:
+
+1. no champion yet -> the new version becomes champion;
+2. the champion has no recorded protocol/headline, or another protocol, or another headline
+   metric -> not comparable: the new version becomes challenger and the champion stays
+   (registry champions are compared on one protocol only; keep one registered model name
+   per protocol, ``track.model_name``, to hold a champion for each);
+3. a NaN headline never wins -> challenger;
+4. headline strictly greater than the champion's -> champion (all ReID headline metrics,
+   mAP/mINP/rank-k, are higher-is-better); otherwise (ties included) -> challenger.
+
+The decision and its reason are stored as version tags (``decision``, ``reason``) and
+returned as a dict that the register stage writes to ``registration.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vireid.tracking.store import client
+
+# model version tags
+TAG_PROTOCOL = "protocol"
+TAG_HEADLINE = "headline"
+TAG_VALUE = "headline_value"
+TAG_DATA_HASH = "data_hash"
+TAG_GIT_COMMIT = "git_commit"
+TAG_RUN_ID = "run_id"
+TAG_DECISION = "decision"
+TAG_REASON = "reason"
+
+
+def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community",
+                 regdb_trial: int = 1, rerank: bool = False) -> str:
+    """``"sysu/all/single/mAP"`` + sampler -> ``"sysu/all/single@community"``; RegDB uses the
+    trial (``regdb/v2t@trial1``). The headline must belong to ``dataset``."""
+    if headline.count("/") < 1:
+        raise ValueError(f"eval.headline: {headline!r} is not <protocol>/<metric>")
+    entry = headline.rsplit("/", 1)[0]
+    family = entry.split("/", 1)[0]
+    if family != dataset:
+        raise ValueError(f"eval.headline: {headline!r} is a {family} metric but data.dataset is {dataset!r}")
+    suffix = sysu_sampler if dataset == "sysu" else f"trial{int(regdb_trial)}"
+    return f"{entry}@{suffix}{'+rerank' if rerank else ''}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which alias the new version gets and why."""
+
+    alias_role: str  # "champion" or "challenger"
+    reason: str
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def decide(*, protocol: str, headline: str, value: float,
+           champion: Mapping[str, str] | None, champion_version: str | None) -> Decision:
+    """The promotion rule of the module docstring; ``champion``: the current champion's
+    version tags (None when there is none)."""
+    if champion is None:
+        return Decision("champion", f"first champion: headline {headline} {_fmt(value)} on {protocol}")
+    who = f"champion v{champion_version}"
+    c_protocol, c_headline = champion.get(TAG_PROTOCOL), champion.get(TAG_HEADLINE)
+    try:
+        c_value = float(champion.get(TAG_VALUE, "nan"))
+    except ValueError:
+        c_value = math.nan
+    if not c_protocol or not c_headline or math.isnan(c_value):
+        return Decision("challenger", f"{who} has no recorded protocol/headline value: not "
+                                      f"comparable with {headline} on {protocol}; champion kept")
+    if c_protocol != protocol:
+        return Decision("challenger", f"{who} was evaluated on another protocol ({c_protocol}, "
+                                      f"this model: {protocol}): not comparable; champion kept")
+    if c_headline != headline:
+        return Decision("challenger", f"{who}'s headline is {c_headline}, this model's {headline}: "
+                                      "not comparable; champion kept")
+    if math.isnan(value):
+        return Decision("challenger", f"headline {headline} is NaN; {who} kept")
+    if value > c_value:
+        return Decision("champion", f"headline {headline} {_fmt(value)} > {who}'s {_fmt(c_value)}")
+    return Decision("challenger", f"headline {headline} {_fmt(value)} <= {who}'s {_fmt(c_value)}")
+
+
+def register(
+    tracking_uri: str,
+    *,
+    model_name: str,
+    model_uri: str,
+    run_id: str,
+    protocol: str,
+    headline: str,
+    value: float,
+    data_hash: str,
+    git_commit: str,
+    champion_alias: str = "champion",
+    challenger_alias: str = "challenger",
+) -> dict[str, Any]:
+    """Create a new version of ``model_name`` from ``model_uri`` (tagged with protocol,
+    headline name and value, data hash, git commit, run id), then move ``champion_alias`` to
+    it or set ``challenger_alias`` per :func:`decide`. Returns the registration record."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    try:
+        c.create_registered_model(model_name, description="vireid: visible-infrared ReID embedder")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    aliases = c.get_registered_model(model_name).aliases  # alias -> version
+    champion_version = aliases.get(champion_alias)
+    champion_tags = None
+    if champion_version is not None:
+        champion_tags = dict(c.get_model_version(model_name, str(champion_version)).tags)
+
+    tags = {TAG_PROTOCOL: protocol, TAG_HEADLINE: headline, TAG_VALUE: repr(float(value)),
+            TAG_DATA_HASH: data_hash, TAG_GIT_COMMIT: git_commit, TAG_RUN_ID: run_id}
+    mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
+    decision = decide(protocol=protocol, headline=headline, value=float(value),
+                      champion=champion_tags, champion_version=None if champion_version is None else str(champion_version))
+    alias = champion_alias if decision.alias_role == "champion" else challenger_alias
+    c.set_registered_model_alias(model_name, alias, mv.version)
+    c.set_model_version_tag(model_name, mv.version, TAG_DECISION, decision.alias_role)
+    c.set_model_version_tag(model_name, mv.version, TAG_REASON, decision.reason)
+    previous = None
+    if champion_tags is not None:
+        previous = {"version": str(champion_version), "protocol": champion_tags.get(TAG_PROTOCOL),
+                    "headline": champion_tags.get(TAG_HEADLINE), "value": champion_tags.get(TAG_VALUE)}
+    return {
+        "model_name": model_name, "version": str(mv.version), "alias": alias,
+        "promoted": decision.alias_role == "champion", "reason": decision.reason,
+        "protocol": protocol, "headline": headline, "value": float(value),
+        "previous_champion": previous, "model_uri": model_uri,
+        "registry_uri": f"models:/{model_name}/{mv.version}", "run_id": run_id,
+        "data_hash": data_hash, "git_commit": git_commit, "tracking_uri": tracking_uri,
+    }

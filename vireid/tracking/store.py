@@ -1,0 +1,124 @@
+"""Where runs and models go: tracking-URI resolution, the local store, clients.
+
+The library never looks at the environment: the pipeline hands in the repository root and
+the ``track`` config section. ``track.tracking_uri`` empty selects the local store
+
+- backend (runs, metrics, model registry): ``sqlite:///<repo>/mlruns/mlflow.db``
+- artifacts (models, plots): ``<repo>/mlruns/artifacts`` (the experiment's artifact location)
+
+A real server is used by setting ``track.tracking_uri`` (``http://host:5000``); the model
+registry needs a database-backed store, which both of these are (a plain ``file:`` store is
+refused).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from vireid.config import TrackConfig
+
+LOCAL_DIR = "mlruns"  # beside the repository root
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "artifacts"
+
+
+class TrackingError(RuntimeError):
+    """A tracking store, run, record file or registered model is missing or unusable."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """A resolved store: URI, artifact location for new experiments (None: the store's
+    default) and experiment name."""
+
+    tracking_uri: str
+    artifact_location: str | None
+    experiment: str
+
+
+def local_store(repo_root: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(tracking_uri, artifact_location)`` of the local store under ``repo_root``."""
+    base = Path(repo_root).resolve() / LOCAL_DIR
+    return f"sqlite:///{base / LOCAL_DB}", str(base / LOCAL_ARTIFACTS)
+
+
+def resolve_target(track: TrackConfig, repo_root: str | os.PathLike[str]) -> TrackingTarget:
+    """The store named by ``track`` (empty URI: the local store under ``repo_root``)."""
+    if not track.tracking_uri:
+        uri, artifacts = local_store(repo_root)
+        return TrackingTarget(uri, track.artifact_location or artifacts, track.experiment)
+    uri = track.tracking_uri
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme in ("", "file") and uri != "databricks":
+        raise TrackingError(
+            f"track.tracking_uri: {uri!r} is a file store, which has no model registry; use "
+            "a database URI (sqlite:///path/mlflow.db, postgresql://...) or a server "
+            "(http://host:5000), or leave it empty for the local sqlite store")
+    return TrackingTarget(uri, track.artifact_location or None, track.experiment)
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create the folder of a ``sqlite:///`` database file (sqlite does not)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        db = Path(tracking_uri[len(prefix):])
+        if str(db) != ":memory:":
+            db.parent.mkdir(parents=True, exist_ok=True)
+
+
+def client(tracking_uri: str):  # -> mlflow.MlflowClient (import kept lazy: mlflow is slow to import)
+    """An ``MlflowClient`` bound to ``tracking_uri`` for both tracking and registry."""
+    from mlflow import MlflowClient
+
+    prepare_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for the
+    block (needed by fluent-only APIs: ``log_model``, ``models:/`` loading), then restore
+    them and the variables MLflow exports for subprocesses."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    prepare_store(tracking_uri)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Id of experiment ``name``, created (with ``artifact_location``) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # created concurrently by another stage or worker
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(
+            f"track.experiment: experiment {name!r} in {tracking_uri} is deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+    return exp.experiment_id
