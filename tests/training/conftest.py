@@ -1,0 +1,40 @@
+"""Tiny generated shard sets and configs for the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vireid.config import Config, SyntheticConfig, config_from_dict, config_to_dict
+from vireid.data.prepare import prepare
+from vireid.data.synthetic import generate_sysu
+
+SYNTH = SyntheticConfig(seed=3, sysu_identities=16, sysu_images_per_camera=2,
+                        sysu_val_fraction=0.15, sysu_test_fraction=0.5, image_height=64, image_width=32)
+
+
+def tiny_config(root: Path, **train: object) -> Config:
+    """A CPU config: tiny arch, 64x32 images, P=2, K=2, 2 epochs, 2 held-out identities."""
+    plain = config_to_dict(Config())
+    plain["data"].update(dataset="sysu", root=str(root), synthetic=True, synth=config_to_dict(SYNTH),
+                         holdout_identities=2, image_height=64, image_width=32)
+    plain["model"].update(arch="tiny", pretrained=False, memory_size=2)
+    plain["train"].update(epochs=2, identities_per_batch=2, instances_per_modality=2, lr=0.05,
+                          backbone_lr=0.01, warmup_epochs=1, milestones=[1], num_workers=1,
+                          cpus_per_worker=1, checkpoint_every=1, validate_every=1, max_failures=1,
+                          iters_per_epoch=3)
+    plain["eval"].update(batch_size=64)
+    plain["train"].update(train)
+    return config_from_dict(plain)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """A prepared SYSU-layout shard set: 8 training identities (6 train + 2 held out)."""
+    base = tmp_path_factory.mktemp("tiny")
+    root = base / "SYSU-MM01"
+    generate_sysu(root, SYNTH)
+    cfg = tiny_config(root)
+    shards = prepare(cfg.data, base / "shards")
+    return shards, cfg

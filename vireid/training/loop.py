@@ -1,0 +1,441 @@
+"""The per-epoch training work, usable with or without Ray.
+
+Building blocks are plain functions (:func:`build_train_loader`, :func:`train_one_epoch`,
+:func:`validate`); :class:`Trainer` ties them into epochs with model selection and
+checkpointable state. Under Ray Train (:mod:`vireid.training.ray_train`) each worker runs a
+``Trainer`` with its rank; without Ray it runs with ``rank=0, world_size=1``.
+
+Determinism: all randomness of epoch ``e`` on rank ``r`` (augmentation, DataLoader worker
+seeds) comes from :func:`epoch_seed` ``(seed, e, r)`` and the sampler's draw from
+``(seed, e)``; model initialisation from ``seed``. No RNG state needs saving, and a run
+resumed from a checkpoint after epoch ``e`` continues exactly as an uninterrupted one.
+
+Validation never touches the test set: it ranks the held-out training identities (split
+``val``, ``data.holdout_identities``) with infrared images as queries against visible
+images as the gallery (``val_mAP``, ``val_rank1``, ...) and the reverse direction
+(``val_v2i_*``). See :data:`VAL_PROTOCOL`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vireid.config import Config, config_to_dict
+from vireid.data.loader import ShardImageDataset
+from vireid.data.sampler import IdentityBalancedSampler
+from vireid.data.shards import ShardSet, ShardTable
+from vireid.data.transforms import test_transform, train_transform
+from vireid.evaluation.extract import extract_features
+from vireid.evaluation.metrics import evaluate_features
+from vireid.modeling import ReIDTask, VIReIDModel
+from vireid.training.checkpoint import (
+    CheckpointMismatchError,
+    cpu_state_dict,
+    make_meta,
+    restore_train_state,
+    save_model,
+    save_train_state,
+    selected_from_state,
+)
+from vireid.training.schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+VAL_PROTOCOL = (
+    "held-out training identities (split 'val', data.holdout_identities; never the test set): "
+    "val_* = infrared queries against the visible gallery, val_v2i_* = visible queries against "
+    "the infrared gallery; every image, no camera removal, standard CMC; values are fractions in [0, 1]"
+)
+# config keys that do not change what is trained (excluded from the run fingerprint)
+_RUNTIME_KEYS = ("max_failures", "checkpoint_every", "loader_workers", "cpus_per_worker")
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+# ---------------------------------------------------------------------------------------
+# seeds and fingerprints
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A 63-bit seed for epoch ``epoch`` (0-based) on ``rank``, derived from ``seed``."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_fingerprint(cfg: Config, shards_manifest: Mapping[str, Any]) -> str:
+    """A short hash of everything that decides the trained weights.
+
+    Covers the ``data``, ``model``, ``loss`` and ``train`` sections (minus runtime-only keys:
+    retries, checkpoint interval, loader processes, CPUs per worker) and the shard contents.
+    Two runs with the same fingerprint produce the same weights, so one may resume the other.
+    """
+    plain = config_to_dict(cfg)
+    train = {k: v for k, v in plain["train"].items() if k not in _RUNTIME_KEYS}
+    key = {"data": plain["data"], "model": plain["model"], "loss": plain["loss"], "train": train,
+           "shards": shards_manifest.get("sha256_total")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# building blocks
+
+
+def check_shards(cfg: Config, shards: ShardSet) -> None:
+    """Refuse shards prepared for another dataset, trial or image size than ``cfg.data``."""
+    m = shards.manifest
+    path = shards.dir / "manifest.json"
+    wanted = {"dataset": cfg.data.dataset, "image_height": cfg.data.image_height,
+              "image_width": cfg.data.image_width,
+              "regdb_trial": cfg.data.regdb_trial if cfg.data.dataset == "regdb" else None}
+    for key, value in wanted.items():
+        if m.get(key) != value:
+            raise ValueError(f"shards {path}: {key} is {m.get(key)!r} but data.{key} is {value!r}; "
+                             "rerun the prepare stage")
+
+
+def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
+    """The network, initialised from ``cfg.train.seed`` (identical on every rank)."""
+    seed_everything(int(cfg.train.seed))
+    return VIReIDModel(cfg.model, num_classes)
+
+
+def build_train_loader(table: ShardTable, cfg: Config, rank: int = 0,
+                       world_size: int = 1) -> tuple[DataLoader, IdentityBalancedSampler]:
+    """Loader over split ``train`` with the identity-balanced sampler and AGW augmentation."""
+    t = cfg.train
+    sampler = IdentityBalancedSampler(
+        table.label, table.modality, identities_per_batch=t.identities_per_batch,
+        instances_per_modality=t.instances_per_modality, seed=t.seed, rank=rank,
+        world_size=world_size, batches_per_epoch=t.iters_per_epoch or None)
+    dataset = ShardImageDataset(table, train_transform(cfg.data.image_height, cfg.data.image_width))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=t.loader_workers,
+                        persistent_workers=False)
+    return loader, sampler
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def allreduce_gradients(model: nn.Module) -> None:
+    """Average the gradients of every trainable parameter across ranks (one flat all-reduce).
+
+    A parameter without a gradient on this rank contributes zeros, so every rank steps the
+    same parameters and the replicas stay identical.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def average_batchnorm_stats(model: nn.Module) -> None:
+    """Average BatchNorm running statistics across ranks (ranks saw different batches)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                if buf is not None:
+                    dist.all_reduce(buf)
+                    buf /= dist.get_world_size()
+
+
+def train_one_epoch(
+    task: ReIDTask,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    device: torch.device,
+    amp: bool,
+    on_step: StepCallback | None = None,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """One pass over ``loader``: losses -> sum -> backward -> (all-reduce) -> step -> memory.
+
+    bf16 autocast is used only when ``amp`` and ``device`` is a GPU. ``on_step(i, terms)``
+    gets each step's loss terms (floats, incl. ``loss``). Returns the epoch means of every
+    term and ``loss`` (averaged over ranks when distributed), ``steps``, ``images`` (all
+    ranks), ``seconds`` and ``images_per_s``.
+    """
+    task.train()
+    use_amp = amp and device.type == "cuda"
+    world = dist.get_world_size() if _distributed() else 1
+    sums: dict[str, float] = {}
+    steps = images = 0
+    t0 = time.perf_counter()
+    for i, batch in enumerate(loader):
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True).long()
+        m = batch["modality"].to(device, non_blocking=True).long()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses, state = task(x, y, m)
+        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        if not torch.isfinite(loss):
+            terms = {k: float(v) for k, v in losses.items()}
+            raise FloatingPointError(f"epoch {epoch + 1} step {i}: non-finite loss {terms}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            allreduce_gradients(task.model)
+        optimizer.step()
+        task.after_step(state)
+        terms = {k: float(v.detach()) for k, v in losses.items()}
+        terms["loss"] = float(loss.detach())
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+        images += x.shape[0] * world
+        if on_step is not None:
+            on_step(i, terms)
+        if log_every and (i + 1) % log_every == 0:
+            rate = images / max(time.perf_counter() - t0, 1e-9)
+            log.info("epoch %d step %d/%d: %s (%.1f images/s)", epoch + 1, i + 1, len(loader),
+                     " ".join(f"{k}={v:.4f}" for k, v in terms.items()), rate)
+    if steps == 0:
+        raise ValueError(f"epoch {epoch + 1}: the sampler produced no batches")
+    names = sorted(sums)
+    means = torch.tensor([sums[k] / steps for k in names], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(means)
+        means /= world
+    seconds = time.perf_counter() - t0
+    out = {k: float(v) for k, v in zip(names, means.tolist(), strict=True)}
+    out.update(steps=float(steps), images=float(images), seconds=seconds,
+               images_per_s=images / max(seconds, 1e-9))
+    return out
+
+
+class _Rows(torch.utils.data.Dataset[dict[str, Any]]):
+    """Rows ``indices`` of a dataset, with ``index`` renumbered 0..n-1 (extraction order)."""
+
+    def __init__(self, dataset: ShardImageDataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.dataset[self.indices[k]]
+        return {"image": item["image"], "modality": item["modality"], "index": k}
+
+
+def _eval_batches(table: ShardTable, cfg: Config, indices: np.ndarray) -> DataLoader:
+    """Test-transformed batches of the rows ``indices`` of ``table``."""
+    dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
+    return DataLoader(_Rows(dataset, indices), batch_size=cfg.eval.batch_size, shuffle=False)
+
+
+def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.device) -> dict[str, float]:
+    """mAP/Rank-1/mINP on the held-out identities, both directions (see :data:`VAL_PROTOCOL`).
+
+    ``val_*``: infrared query -> visible gallery; ``val_v2i_*``: visible -> infrared.
+    """
+    vis = np.flatnonzero(table.modality == 0)
+    ir = np.flatnonzero(table.modality == 1)
+    if len(vis) == 0 or len(ir) == 0:
+        raise ValueError("validation split needs visible and infrared images")
+    f_vis = extract_features(model, _eval_batches(table, cfg, vis), device, cfg.eval.flip)
+    f_ir = extract_features(model, _eval_batches(table, cfg, ir), device, cfg.eval.flip)
+    ids, cams = table.identity, table.camera
+    out: dict[str, float] = {}
+    for prefix, (qf, qi, gf, gi) in {"val": (f_ir, ir, f_vis, vis),
+                                      "val_v2i": (f_vis, vis, f_ir, ir)}.items():
+        r = evaluate_features(qf, gf, ids[qi], ids[gi], cams[qi], cams[gi], sysu_removal=False,
+                              unique_ids_cmc=False, chunk=cfg.eval.query_chunk)
+        s = r.summary()
+        out.update({f"{prefix}_mAP": s["mAP"], f"{prefix}_rank1": s["rank1"],
+                    f"{prefix}_mINP": s["mINP"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclasses.dataclass
+class Best:
+    """The selected epoch so far: 1-based ``epoch``, its validation ``metrics`` and weights."""
+
+    epoch: int
+    metrics: dict[str, float]
+    model: dict[str, torch.Tensor]
+
+
+class Trainer:
+    """One rank's training run: model, task, optimiser, schedule, loader, history, selection.
+
+    ``epoch`` counts completed epochs. :meth:`run_epoch` trains the next one, validates on
+    validation epochs (rank 0; every ``validate_every`` epochs and the last one) and keeps
+    the best validation mAP epoch's weights (the last epoch when there is no ``val`` split).
+    """
+
+    def __init__(self, cfg: Config, shards_dir: str | Path, *, rank: int = 0, world_size: int = 1,
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = torch.device(device)
+        self.shards = ShardSet(shards_dir)
+        check_shards(cfg, self.shards)
+        self.fingerprint = run_fingerprint(cfg, self.shards.manifest)
+        self.num_classes = self.shards.num_classes
+        self.train_table = self.shards.table("train")
+        self.val_table: ShardTable | None = None
+        if "val" in self.shards.split_names and len(self.shards.table("val")) > 0:
+            self.val_table = self.shards.table("val")
+        self.model = build_model(cfg, self.num_classes).to(self.device)
+        self.task = ReIDTask(self.model, cfg.loss)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.loader, self.sampler = build_train_loader(self.train_table, cfg, rank, world_size)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: Best | None = None
+        self.attempt = 0  # how many times this run was restored from a checkpoint
+
+    # -- selection and metadata ---------------------------------------------------------
+
+    @property
+    def selection(self) -> str:
+        """How the selected epoch is chosen, in words (for outputs)."""
+        if self.val_table is None:
+            return ("last epoch: no held-out identities (data.holdout_identities = 0), "
+                    "so no validation and no selection")
+        return f"best val_mAP (infrared query -> visible gallery) over validated epochs; {VAL_PROTOCOL}"
+
+    def is_validation_epoch(self, epoch: int) -> bool:
+        """Whether 1-based ``epoch`` is validated (every ``validate_every`` and the last)."""
+        return self.val_table is not None and (
+            epoch % self.cfg.train.validate_every == 0 or epoch == self.cfg.train.epochs)
+
+    def is_checkpoint_epoch(self, epoch: int) -> bool:
+        """Whether 1-based ``epoch`` ends with a checkpoint (every ``checkpoint_every`` and the last)."""
+        return epoch % self.cfg.train.checkpoint_every == 0 or epoch == self.cfg.train.epochs
+
+    def expected(self) -> dict[str, Any]:
+        """The fields a checkpoint must match to be loaded into this run."""
+        m = self.shards.manifest
+        return {"arch": self.cfg.model.arch, "dataset": m["dataset"], "regdb_trial": m.get("regdb_trial"),
+                "num_classes": self.num_classes, "feat_dim": int(self.model.feat_dim),
+                "image_height": int(m["image_height"]), "image_width": int(m["image_width"]),
+                "fingerprint": self.fingerprint}
+
+    def meta(self) -> dict[str, Any]:
+        """Checkpoint metadata for the current selection."""
+        m = self.shards.manifest
+        best = self.best
+        meta = make_meta(
+            arch=self.cfg.model.arch, num_classes=self.num_classes, feat_dim=int(self.model.feat_dim),
+            dataset=m["dataset"], regdb_trial=m.get("regdb_trial"), image_height=m["image_height"],
+            image_width=m["image_width"], identity_map=m["identity_maps"]["train"],
+            config=config_to_dict(self.cfg), selected_epoch=None if best is None else best.epoch,
+            selection=self.selection, val_metrics=None if best is None else best.metrics)
+        meta["fingerprint"] = self.fingerprint
+        meta["shards_sha256"] = m.get("sha256_total")
+        return meta
+
+    # -- epochs -------------------------------------------------------------------------
+
+    def run_epoch(self, on_step: StepCallback | None = None) -> dict[str, Any]:
+        """Train epoch ``self.epoch + 1`` (and validate it when due); return its record."""
+        e = self.epoch  # 0-based index of the epoch to run
+        seed_everything(epoch_seed(self.cfg.train.seed, e, self.rank))
+        self.sampler.set_epoch(e)
+        lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
+        stats = train_one_epoch(self.task, self.loader, self.optimizer, epoch=e, device=self.device,
+                                amp=self.cfg.train.amp, on_step=on_step)
+        self.scheduler.step()
+        if _distributed():
+            average_batchnorm_stats(self.model)
+        self.epoch = e + 1
+        record: dict[str, Any] = {"epoch": self.epoch, "attempt": self.attempt,
+                                  **{f"lr_{k}": v for k, v in lrs.items()}, **stats}
+        if self.is_validation_epoch(self.epoch) and self.rank == 0:
+            t0 = time.perf_counter()
+            metrics = validate(self.model, self.val_table, self.cfg, self.device)
+            record.update(metrics, val_seconds=time.perf_counter() - t0)
+            if self.best is None or metrics["val_mAP"] > self.best.metrics["val_mAP"]:
+                self.best = Best(self.epoch, metrics, cpu_state_dict(self.model))
+        log.info("epoch %d/%d done: %s", self.epoch, self.cfg.train.epochs,
+                 " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+        self.history.append(record)
+        return record
+
+    def selected(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The selected weights and their metadata (the last epoch's without validation)."""
+        best = None if self.best is None else {"epoch": self.best.epoch, "metrics": self.best.metrics,
+                                               "model": self.best.model}
+        return selected_from_state({"meta": self.meta(), "best": best, "epoch": self.epoch,
+                                    "model": None if best else cpu_state_dict(self.model)})
+
+    # -- state --------------------------------------------------------------------------
+
+    def save_state(self, path: str | Path) -> Path:
+        """Write the training state (see :mod:`vireid.training.checkpoint`)."""
+        best = None if self.best is None else {
+            "epoch": self.best.epoch, "metrics": self.best.metrics, "model": self.best.model}
+        return save_train_state(
+            path, meta=self.meta(), model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, epoch=self.epoch,
+            sampler={"seed": self.cfg.train.seed, "epoch": self.epoch}, history=self.history, best=best)
+
+    def restore(self, state: Mapping[str, Any], path: str | Path = "<state>") -> None:
+        """Continue from a loaded training state (fields already checked by the loader)."""
+        if state["sampler"]["seed"] != self.cfg.train.seed:
+            raise CheckpointMismatchError(path, "train.seed", state["sampler"]["seed"], self.cfg.train.seed)
+        self.epoch = restore_train_state(state, self.model, self.optimizer, self.scheduler)
+        self.sampler.set_epoch(self.epoch)
+        self.history = [dict(r) for r in state["history"]]
+        self.best = None if state["best"] is None else Best(**state["best"])
+        self.attempt = 1 + max((int(r.get("attempt", 0)) for r in self.history), default=-1)
+
+    def save_model(self, path: str | Path) -> Path:
+        """Write the selected weights and metadata as a model file."""
+        weights, meta = self.selected()
+        return save_model(path, weights, meta)
+
+
+def summarize(history: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train_summary.json`` content from a run's history and its model metadata."""
+    total_s = sum(float(r.get("seconds", 0.0)) + float(r.get("val_seconds", 0.0)) for r in history)
+    images = sum(float(r.get("images", 0.0)) for r in history)
+    train_s = sum(float(r.get("seconds", 0.0)) for r in history)
+    return {
+        "epochs": len(history),
+        "selected_epoch": meta.get("selected_epoch"),
+        "selection": meta.get("selection"),
+        "val_metrics": dict(meta.get("val_metrics") or {}),
+        "val_protocol": VAL_PROTOCOL,
+        "train_seconds": train_s,
+        "epoch_seconds_total": total_s,
+        "images_per_s": images / train_s if train_s > 0 else None,
+        "attempts": 1 + max((int(r.get("attempt", 0)) for r in history), default=0),
+        "history": history,
+    }
