@@ -1,0 +1,47 @@
+"""Memory sync across data-parallel ranks: gloo, world size 2, different features per rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.modeling.helpers import make_task
+from vireid.modeling import TaskState
+
+WORLD = 2
+
+
+def _worker(rank: int, store_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
+    try:
+        task = make_task(num_classes=5, model={"memory_size": 3})  # same seed: same model on both ranks
+        gen = torch.Generator().manual_seed(100 + rank)  # different features per rank
+        n = 4 + rank  # and a different number of samples per rank
+        feats = torch.randn(n, task.model.feat_dim, generator=gen)
+        labels = torch.randint(0, 5, (n,), generator=gen)
+        task.after_step(TaskState(feats, labels, {}))
+        mem = task.model.memory
+        assert mem is not None
+        torch.save({"bank": mem.bank, "valid": mem.valid, "pointer": mem.pointer,
+                    "feats": feats, "labels": labels}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_memory_is_identical_on_every_rank(tmp_path: Path) -> None:
+    # fork rather than spawn: the children skip re-importing torch (seconds each on a busy CI box)
+    mp.start_processes(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD,
+                       join=True, start_method="fork")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
+    for name in ("bank", "valid", "pointer"):
+        assert torch.equal(r0[name], r1[name]), name
+    # and it is what one process would hold after writing rank 0's then rank 1's samples
+    ref = make_task(num_classes=5, model={"memory_size": 3}).model.memory
+    assert ref is not None
+    ref.write(torch.cat([r0["feats"], r1["feats"]]), torch.cat([r0["labels"], r1["labels"]]))
+    assert torch.equal(ref.bank, r0["bank"]) and torch.equal(ref.pointer, r0["pointer"])
+    assert not torch.equal(r0["feats"][:4], r1["feats"][:4])
