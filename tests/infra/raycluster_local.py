@@ -1,0 +1,114 @@
+"""A throwaway multi-node Ray cluster on loopback, started with ``ray start`` (test helper).
+
+Every node gets its own free ports, the same short temporary directory (Unix socket paths
+must stay under 108 bytes) and a custom resource naming it. Ray 2.60 turns on token
+authentication when ``~/.ray/auth_token`` exists (any local ``ray.init()`` writes one), and
+then a node started without the token cannot join: the cluster gets its own random token
+through ``RAY_AUTH_MODE=token`` / ``RAY_AUTH_TOKEN`` in :attr:`LocalRayCluster.env`, which
+every process of it (nodes and drivers) must be started with. :meth:`LocalRayCluster.stop`
+ends only the processes of this cluster: those whose command line names its temporary
+directory or its GCS address, by process id; never ``ray stop``, which would also end every
+other Ray instance on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRayCluster:
+    """``ray start --head`` plus ``ray start --address`` worker nodes, all on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def _start(self, args: list[str], resources: dict[str, float], num_cpus: int) -> None:
+        cmd = [RAY, "start", *args, f"--num-cpus={num_cpus}", "--num-gpus=0",
+               "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
+               f"--resources={json.dumps(resources)}", "--object-store-memory=100000000",
+               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+    def start_head(self, resources: dict[str, float], num_cpus: int = 1) -> None:
+        """The head node (GCS on ``self.port``), no dashboard."""
+        self._start(["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
+                     "--include-dashboard=false"], resources, num_cpus)
+
+    def add_node(self, resources: dict[str, float], num_cpus: int = 1) -> None:
+        """A worker node joining the head."""
+        self._start([f"--address={self.address}"], resources, num_cpus)
+
+    def wait_for_nodes(self, n: int, timeout: float = 60.0) -> list[dict]:
+        """Poll the GCS (from a subprocess, so this process stays unconnected) until ``n``
+        nodes are alive; return them."""
+        script = (f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR'); "
+                  "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))")
+        deadline = time.monotonic() + timeout
+        alive: list[dict] = []
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-c", script], env=self.env, capture_output=True,
+                                 text=True, timeout=120)
+            if out.returncode == 0:
+                alive = json.loads(out.stdout.strip().splitlines()[-1])
+                if len(alive) >= n:
+                    return alive
+            time.sleep(1.0)
+        raise TimeoutError(f"{len(alive)} of {n} Ray nodes alive after {timeout}s")
+
+    def pids(self) -> list[int]:
+        """Processes of this cluster: their command line names its temp dir or GCS address."""
+        marks = (str(self.temp_dir), f"127.0.0.1:{self.port}", f"--gcs-address={self.address}")
+        found = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if p.info["pid"] != os.getpid() and any(m in cmdline for m in marks):
+                found.append(p.info["pid"])
+        return found
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL, this cluster's processes (by pid); remove the temp dir."""
+        procs = []
+        for pid in self.pids():
+            try:
+                p = psutil.Process(pid)
+                p.send_signal(signal.SIGTERM)
+                procs.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=timeout)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
