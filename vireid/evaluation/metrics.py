@@ -112,16 +112,14 @@ class _Gallery:
         self.n = int(g_pids.shape[0])
         self.ids, self.code = np.unique(g_pids, return_inverse=True)
         self.code = self.code.astype(np.int32)
-        # columns grouped by identity (stable, so identity groups keep gallery order)
-        self.by_id = np.argsort(self.code, kind="stable")
-        counts = np.bincount(self.code, minlength=len(self.ids))
-        self.group_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
         self.removed = (
             np.asarray(g_camids) == SYSU_REMOVED_GALLERY_CAMERA
             if sysu_removal
             else np.zeros(self.n, dtype=bool)
         )
         self.any_removed = bool(self.removed.any())
+        # identities still present for a query that removes entries
+        self.n_ids_kept = len(np.unique(self.code[~self.removed]))
 
     def query_code(self, q_pids: np.ndarray) -> np.ndarray:
         """Index of each query identity in ``self.ids``; -1 when not in the gallery."""
@@ -180,17 +178,18 @@ def _eval_chunk(
     ap[~valid] = np.nan
     inp[~valid] = np.nan
 
+    first_pos = np.zeros(c, dtype=np.int64)  # position of the first match in the sorted row
+    first_pos[valid] = pos[first_of_row[valid]]
     if unique_ids_cmc:
-        # rank of every gallery column in each row; dropped columns go to the end (g)
-        rank_of_col = np.empty((c, g), dtype=np.int32)
-        np.put_along_axis(rank_of_col, order, np.arange(g, dtype=np.int32)[None, :], axis=1)
+        # distinct identities among the kept entries ranked before the first match
+        before = np.arange(g)[None, :] < first_pos[:, None]
         if dropped is not None:
-            rank_of_col[np.ix_(removal_rows, gal.removed)] = g
-        # first (kept) position of every identity: min over that identity's columns
-        first_pos = np.minimum.reduceat(rank_of_col[:, gal.by_id], gal.group_start, axis=1)
-        n_distinct = (first_pos < g).sum(axis=1)
-        own = first_pos[np.arange(c), np.maximum(q_code, 0)]
-        first_rank = (first_pos < own[:, None]).sum(axis=1)
+            before &= ~dropped
+        r_idx, k_idx = np.nonzero(before)
+        present = np.zeros((c, len(gal.ids)), dtype=bool)
+        present[r_idx, sorted_code[r_idx, k_idx]] = True
+        first_rank = present.sum(axis=1)
+        n_distinct = np.where(removal_rows, gal.n_ids_kept, len(gal.ids))
     else:
         n_distinct = kept_rank[:, -1] if kept_rank is not None else np.full(c, g)
         first_rank = np.full(c, -1, dtype=np.int64)
