@@ -58,8 +58,9 @@ def verify_export(model: VIReIDModel, scripted: torch.jit.ScriptModule, example:
     x, modality = example
     was_training = model.training
     model.eval()
+    model_device = next(model.parameters()).device
     try:
-        expected = model.embed(x, modality)
+        expected = model.embed(x.to(model_device), modality.to(model_device))
     finally:
         model.train(was_training)
     device = next(scripted.parameters()).device
