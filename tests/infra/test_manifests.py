@@ -195,8 +195,8 @@ def test_mlflow_server_uses_postgres_and_s3() -> None:
             nxt = cmd[i + 1] if i + 1 < len(cmd) else None
             args[word] = None if nxt is None or nxt.startswith("--") else nxt
     assert "--serve-artifacts" in args
-    assert args["--backend-store-uri"].startswith("postgresql://")
-    assert "@postgres:5432/" in args["--backend-store-uri"]  # the compose service name
+    assert re.match(r"^postgresql(\+psycopg2)?://", str(args["--backend-store-uri"]))
+    assert "@postgres:5432/" in str(args["--backend-store-uri"])  # the compose service name
     assert args["--artifacts-destination"].startswith("s3://")
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert args["--host"] == "0.0.0.0"  # inside the network; published on loopback only:
