@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vireid.tracking.store import client
+from vireid.tracking.store import client, use_tracking_uri
 
 # model version tags
 TAG_PROTOCOL = "protocol"
@@ -128,7 +128,8 @@ def register(
 
     tags = {TAG_PROTOCOL: protocol, TAG_HEADLINE: headline, TAG_VALUE: repr(float(value)),
             TAG_DATA_HASH: data_hash, TAG_GIT_COMMIT: git_commit, TAG_RUN_ID: run_id}
-    mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
+    with use_tracking_uri(tracking_uri):  # a models:/<id> source is resolved via the global URI
+        mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
     decision = decide(protocol=protocol, headline=headline, value=float(value),
                       champion=champion_tags, champion_version=None if champion_version is None else str(champion_version))
     alias = champion_alias if decision.alias_role == "champion" else challenger_alias

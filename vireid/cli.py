@@ -1,0 +1,169 @@
+"""The ``vireid`` command: pipeline stages, ``repro``, image ``search`` and ``mlflow-ui``.
+
+Run it from the repository root (where ``params.yaml`` and ``pipelines/`` live)::
+
+    vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
+    vireid repro                             # dvc repro (extra arguments go to dvc)
+    vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
+    vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
+
+This module parses arguments only; the work is in ``pipelines/`` and :mod:`vireid.search`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+STAGES = ("synth", "prepare", "train", "evaluate", "register", "tune")
+
+
+class CLIError(RuntimeError):
+    """A usage problem reported as one line on stderr with exit code 2."""
+
+
+def _pipeline(stage: str) -> ModuleType:
+    """``pipelines.<stage>``, importable from the repository root (the current folder)."""
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(f"pipelines.{stage}")
+    except ModuleNotFoundError as e:
+        if e.name in ("pipelines", f"pipelines.{stage}"):
+            raise CLIError(f"pipelines/{stage}.py not found in {cwd}: run vireid from the "
+                           "repository root") from e
+        raise
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    """``--tracking-uri``, else ``track`` of ``--params`` resolved against the current folder."""
+    from vireid.tracking.store import local_store, resolve_target
+
+    if args.tracking_uri:
+        return str(args.tracking_uri)
+    if Path(args.params).is_file():
+        cfg = _pipeline("common").load_config(args.params)
+        return resolve_target(cfg.track, Path.cwd()).tracking_uri
+    return local_store(Path.cwd())[0]
+
+
+def _cmd_stage(args: argparse.Namespace, extra: list[str]) -> int:
+    _pipeline(args.command).main(["--params", args.params, *extra])
+    return 0
+
+
+def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
+    return subprocess.call([sys.executable, "-m", "dvc", "repro", *extra])
+
+
+def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
+    from vireid import search
+
+    queries = search.query_paths(args.query)
+    gallery = search.list_images(args.gallery)
+    uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
+    embed, size = search.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
+    q_mod = search.MODALITIES[args.query_modality]
+    g_mod = search.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
+    results = search.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
+                            gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
+                            device=args.device)
+    for result in results:
+        print(f"query {result.query}")
+        for m in result.matches:
+            print(f"  {m.rank:3d}  {m.similarity:+.4f}  {m.path}")
+    picture = search.save_picture(args.out, results)
+    print(f"picture: {picture}")
+    return 0
+
+
+def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
+    from vireid.tracking import server
+    from vireid.tracking.store import local_store, prepare_store
+
+    uri = _tracking_uri(args)
+    prepare_store(uri)
+    artifacts = local_store(Path.cwd())[1] if uri == local_store(Path.cwd())[0] else None
+    cmd = server.server_command(uri, artifacts_destination=artifacts, host=args.host, port=args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
+    proc = subprocess.Popen(cmd, env=server.server_env(os.environ))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommand in ``command``)."""
+    parser = argparse.ArgumentParser(prog="vireid", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run pipelines/{stage}.py (other options go to the stage)")
+        p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+        p.set_defaults(func=_cmd_stage)
+    p = sub.add_parser("repro", help="dvc repro (arguments go to dvc)")
+    p.set_defaults(func=_cmd_repro)
+
+    p = sub.add_parser("search", help="rank a gallery folder against query image(s)")
+    p.add_argument("query", nargs="+", help="query image file(s) or folder(s)")
+    p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
+    p.add_argument("--model", default="models:/vireid@champion",
+                   help="model.pt file or MLflow model URI (default models:/vireid@champion)")
+    p.add_argument("--query-modality", choices=sorted(MODALITY_NAMES), default="infrared",
+                   help="modality of the query images (default infrared)")
+    p.add_argument("--gallery-modality", choices=sorted(MODALITY_NAMES), default=None,
+                   help="modality of the gallery images (default: the other one)")
+    p.add_argument("--top-k", type=_positive, default=5, help="matches per query (default 5)")
+    p.add_argument("--out", default="search.png", help="picture of the results (default search.png)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per embedding batch")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--tracking-uri", default="", help="MLflow store of models:/ URIs (default: from --params)")
+    p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("mlflow-ui", help="MLflow UI/server over the pipeline's store")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: local only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--tracking-uri", default="", help="store to serve (default: from --params)")
+    p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
+    p.set_defaults(func=_cmd_mlflow_ui)
+    return parser
+
+
+MODALITY_NAMES = ("visible", "infrared")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vireid`` script; returns the exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("search", "mlflow-ui") and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from vireid.config import ConfigError
+    from vireid.search import SearchError
+    from vireid.tracking.store import TrackingError
+
+    try:
+        return int(args.func(args, extra) or 0)
+    except (CLIError, SearchError, TrackingError, ConfigError) as e:
+        print(f"vireid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Cross-modality image search: query image(s) against a gallery folder, ranked by cosine.
+
+Pure functions over what is handed in: image paths, an embedding function
+``embed(images [B,3,H,W] float, modality [B] long) -> [B,d]`` and the model's image size.
+:func:`load_embed_fn` turns a ``model.pt`` path or an MLflow model URI into that triple.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vireid.io import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MODALITIES = {"visible": 0, "infrared": 1}
+EmbedFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class SearchError(ValueError):
+    """Bad search input: missing folder, no images, unreadable image; names the path."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """One gallery image in a ranked list."""
+
+    rank: int  # 1-based
+    path: Path
+    similarity: float  # cosine similarity in [-1, 1]
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A query image and its top-k gallery matches, best first."""
+
+    query: Path
+    matches: list[Match]
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in or below ``folder``, sorted; errors name the folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise SearchError(f"gallery folder {folder} does not exist")
+    if not folder.is_dir():
+        raise SearchError(f"gallery folder {folder} is not a folder")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise SearchError(f"gallery folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def query_paths(queries: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Query arguments -> image paths: files as given, folders expanded to their images."""
+    if not queries:
+        raise SearchError("no query image given")
+    out: list[Path] = []
+    for q in map(Path, queries):
+        if q.is_dir():
+            out.extend(list_images(q))
+        elif q.is_file():
+            out.append(q)
+        else:
+            raise SearchError(f"query image {q} does not exist")
+    return out
+
+
+def read_image(path: str | os.PathLike[str]) -> Tensor:
+    """uint8 RGB ``[3,H,W]`` (grayscale/infrared replicated to 3 channels); an unreadable
+    file is a :class:`SearchError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise SearchError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def preprocess(images: Sequence[Tensor], image_height: int, image_width: int) -> Tensor:
+    """uint8 ``[3,H,W]`` images -> float ``[N,3,h,w]`` as the evaluator sees them."""
+    from vireid.data.transforms import test_transform
+
+    t = test_transform(image_height, image_width)
+    return torch.stack([t(img) for img in images])
+
+
+@torch.inference_mode()
+def embed_images(embed: EmbedFn, images: Tensor, modality: int, batch_size: int = 64,
+                 device: str | torch.device = "cpu") -> Tensor:
+    """Embeddings ``[N,d]`` (float32, CPU, L2-normalised) of preprocessed ``images``."""
+    if modality not in (0, 1):
+        raise ValueError(f"modality must be 0 (visible) or 1 (infrared), got {modality}")
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        m = torch.full((len(x),), modality, dtype=torch.long, device=device)
+        out.append(F.normalize(embed(x, m).float(), dim=1).cpu())
+    return torch.cat(out)
+
+
+def rank(query: Tensor, gallery: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """Cosine similarities and gallery indices of the ``top_k`` best matches per query
+    (``[Q,k]`` each, best first; ties broken by gallery order)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    sim = F.normalize(query.float(), dim=1) @ F.normalize(gallery.float(), dim=1).T  # [Q,G]
+    k = min(top_k, sim.shape[1])
+    order = torch.argsort(-sim, dim=1, stable=True)[:, :k]
+    return torch.gather(sim, 1, order), order
+
+
+def search(embed: EmbedFn, queries: Sequence[Path], gallery: Sequence[Path], *,
+           image_size: tuple[int, int], query_modality: int, gallery_modality: int,
+           top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[QueryResult]:
+    """Embed queries and gallery, rank the gallery for each query by cosine similarity."""
+    h, w = image_size
+    q = embed_images(embed, preprocess([read_image(p) for p in queries], h, w), query_modality, batch_size, device)
+    g = embed_images(embed, preprocess([read_image(p) for p in gallery], h, w), gallery_modality, batch_size, device)
+    sims, idx = rank(q, g, top_k)
+    return [QueryResult(Path(qp), [Match(r + 1, Path(gallery[int(j)]), float(s))
+                                   for r, (s, j) in enumerate(zip(sims[i], idx[i], strict=True))])
+            for i, qp in enumerate(queries)]
+
+
+def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -> Path:
+    """PNG (written atomically): one row per query, the query then its top-k matches titled
+    with rank and similarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("no results to draw")
+    k = max(len(r.matches) for r in results)
+    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.4 * (k + 1), 2.8 * len(results)), squeeze=False)
+    for row, result in enumerate(results):
+        cells = [(result.query, f"query\n{result.query.name}")]
+        cells += [(m.path, f"#{m.rank} {m.similarity:.3f}\n{m.path.name}") for m in result.matches]
+        for col in range(k + 1):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(cells):
+                ax.imshow(read_image(cells[col][0]).permute(1, 2, 0).numpy())
+                ax.set_title(cells[col][1], fontsize=6, color="navy" if col == 0 else "black")
+            else:
+                ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_embed_fn(model: str, *, tracking_uri: str, device: str | torch.device = "cpu"
+                  ) -> tuple[EmbedFn, tuple[int, int]]:
+    """``(embed, (height, width))`` from a ``model.pt`` path (``VIReIDModel.embed``) or an
+    MLflow model URI (``models:/vireid@champion``, ``runs:/...``) in ``tracking_uri``."""
+    if model.startswith(("models:/", "runs:/")):
+        from vireid.tracking.model import load_logged_embedder
+
+        module, meta = load_logged_embedder(tracking_uri, model, device)
+        return module, (int(meta["image_height"]), int(meta["image_width"]))
+    from vireid.training.checkpoint import load_model
+
+    path = Path(model)
+    if not path.is_file():
+        raise SearchError(f"model file {path} does not exist (give a model.pt or a models:/ URI)")
+    net, meta = load_model(path, device)
+    return net.embed, (int(meta["image_height"]), int(meta["image_width"]))
