@@ -126,7 +126,9 @@ class TwoStreamResNet(nn.Module):
         if order.numel() != x.shape[0]:
             raise ValueError("modality codes must be 0 (visible) or 1 (infrared)")
         y = torch.cat(parts).index_select(0, torch.argsort(order))  # back to input order
-        y = self.layer1(y)
-        y = self.layer2(y)
-        y = self.layer3(y)
-        return self.layer4(y)  # [B,C,h,w]
+        return self.trunk(y)  # [B,C,h,w]
+
+    def trunk(self, y: Tensor) -> Tensor:
+        """The shared layers, one static-shape region (what ``compile_for_speed`` compiles)."""
+        # y [B,64,H/4,W/4] -> [B,C,h,w]
+        return self.layer4(self.layer3(self.layer2(self.layer1(y))))
