@@ -35,9 +35,10 @@ def _pipeline(stage: str) -> ModuleType:
     try:
         return importlib.import_module(f"pipelines.{stage}")
     except ModuleNotFoundError as e:
-        if e.name in ("pipelines", f"pipelines.{stage}"):
-            raise CLIError(f"pipelines/{stage}.py not found in {cwd}: run vireid from the "
-                           "repository root") from e
+        if e.name == "pipelines" or not (Path(cwd) / "pipelines").is_dir():
+            raise CLIError(f"no pipelines/ folder in {cwd}: run vireid from the repository root") from e
+        if e.name == f"pipelines.{stage}":
+            raise CLIError(f"pipelines/{stage}.py does not exist in {cwd}") from e
         raise
 
 
@@ -102,7 +103,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommand in ``command``)."""
-    parser = argparse.ArgumentParser(prog="vireid", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="vireid", description="Pipeline stages, dvc repro, image search and the MLflow UI.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:

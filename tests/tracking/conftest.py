@@ -21,6 +21,21 @@ IMAGE_H, IMAGE_W = 64, 32
 NUM_CLASSES = 4
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_store(tmp_path_factory: pytest.TempPathFactory):
+    """Point MLflow's process default at a sentinel and fail if anything used it: every
+    call must go to the store it was handed (MLflow 3's default is ./mlflow.db)."""
+    sentinel = tmp_path_factory.mktemp("default") / "must-not-be-used.db"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{sentinel}"
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+    assert not sentinel.exists(), "a tracking call went to MLflow's default store"
+
+
 @pytest.fixture(scope="session")
 def target(tmp_path_factory: pytest.TempPathFactory) -> TrackingTarget:
     """The local store of a temporary 'repository'."""
