@@ -113,8 +113,13 @@ class TwoStreamResNet(nn.Module):
         self.out_channels: int = base.fc.in_features
         self.arch = arch
 
-    def forward(self, x: Tensor, modality: Tensor) -> Tensor:
+    def forward(self, x: Tensor, modality: Tensor, split: int | None = None) -> Tensor:
         # x [B,3,H,W], modality [B] long in {0,1} -> [B,C,H/(16 or 32),W/(16 or 32)]
+        # split: the caller guarantees rows [:split] are visible and [split:] infrared (the
+        # sampler's layout); routing then needs no data-dependent shapes and no device sync.
+        if split is not None:
+            y = torch.cat([self.stems[0](x[:split]), self.stems[1](x[split:])])  # [B,64,H/4,W/4]
+            return self.trunk(y)
         parts: list[Tensor] = []
         index: list[Tensor] = []
         for code, stem in enumerate(self.stems):

@@ -38,7 +38,10 @@ class MultiViewMemory(nn.Module):
         if features.shape[0] == 0:
             return
         labels = labels.to(self.pointer.device, torch.long)
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+        in_range = (labels.min() >= 0) & (labels.max() < self.num_classes)
+        if labels.is_cuda:  # checked on the device: no host sync after every step
+            torch._assert_async(in_range, "memory write: labels out of range")
+        elif not bool(in_range):
             raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
         n = labels.shape[0]
         counts = torch.bincount(labels, minlength=self.num_classes)  # [C]

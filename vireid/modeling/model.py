@@ -65,9 +65,10 @@ class VIReIDModel(nn.Module):
         if cfg.memory:
             self.memory = MultiViewMemory(num_classes, cfg.memory_size, self.feat_dim)
 
-    def forward(self, x: Tensor, modality: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, modality: Tensor, split: int | None = None) -> dict[str, Tensor]:
         # x [B,3,H,W], modality [B] -> f [B,d] pooled (triplet), g [B,d] BNNeck (classifiers)
-        f = self.pool(self.backbone(x, modality))  # [B,d] float32
+        # split: rows [:split] visible, [split:] infrared (see TwoStreamResNet.forward)
+        f = self.pool(self.backbone(x, modality, split))  # [B,d] float32
         g = self.bnneck(f)  # [B,d]
         return {"f": f, "g": g}
 

@@ -41,6 +41,10 @@ def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
                          f"{tuple(labels.shape)} and {tuple(modalities.shape)}")
     n = b // 2
     ok = ((labels[:n] == labels[n:]).all() & (modalities[:n] == 0).all() & (modalities[n:] == 1).all())
+    if labels.is_cuda:  # checked on the device: no host sync in the training step
+        torch._assert_async(ok, "batch layout: expected [visible block, infrared block] with the "
+                                "same label order in both blocks")
+        return n
     if not bool(ok):
         raise ValueError(
             "batch layout: expected [visible block (P*K), infrared block (P*K)] with the same "
@@ -67,7 +71,7 @@ class ReIDTask(nn.Module):
         # images [B,3,H,W] in sampler layout, labels [B], modalities [B] -> named scalar losses
         cfg, model = self.cfg, self.model
         n = check_batch_layout(labels, modalities)
-        out = model(images, modalities)
+        out = model(images, modalities, split=n)  # layout checked: route stems by halves
         f, g = out["f"], out["g"]  # [B,d] each
         w = model.classifier.weight  # [C,d]
         logits = F.linear(g, w)  # [B,C]
