@@ -24,7 +24,6 @@ def tiny_config(root: Path, **train: object) -> Config:
                           backbone_lr=0.01, warmup_epochs=1, milestones=[1], num_workers=1,
                           cpus_per_worker=1, checkpoint_every=1, validate_every=1, max_failures=1,
                           iters_per_epoch=3)
-    plain["eval"].update(batch_size=64)
     plain["train"].update(train)
     return config_from_dict(plain)
 

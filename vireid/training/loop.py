@@ -58,10 +58,17 @@ log = logging.getLogger(__name__)
 VAL_PROTOCOL = (
     "held-out training identities (split 'val', data.holdout_identities; never the test set): "
     "val_* = infrared queries against the visible gallery, val_v2i_* = visible queries against "
-    "the infrared gallery; every image, no camera removal, standard CMC; values are fractions in [0, 1]"
+    "the infrared gallery; every image, no flip, no camera removal, standard CMC; values are "
+    "fractions in [0, 1]"
 )
 # config keys that do not change what is trained (excluded from the run fingerprint)
 _RUNTIME_KEYS = ("max_failures", "checkpoint_every", "loader_workers", "cpus_per_worker")
+# the data keys training reads (the data itself enters the fingerprint as the shards' hash)
+_DATA_KEYS = ("dataset", "regdb_trial", "image_height", "image_width")
+# validation feature extraction: fixed, so that training does not depend on the eval section
+VAL_BATCH_SIZE = 128
+VAL_FLIP = False
+VAL_QUERY_CHUNK = 1024
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -86,13 +93,15 @@ def seed_everything(seed: int) -> None:
 def run_fingerprint(cfg: Config, shards_manifest: Mapping[str, Any]) -> str:
     """A short hash of everything that decides the trained weights.
 
-    Covers the ``data``, ``model``, ``loss`` and ``train`` sections (minus runtime-only keys:
-    retries, checkpoint interval, loader processes, CPUs per worker) and the shard contents.
+    Covers the data keys training reads, the ``model``, ``loss`` and ``train`` sections (minus
+    runtime-only keys: retries, checkpoint interval, loader processes, CPUs per worker) and
+    the shard contents (``sha256_total`` of the manifest).
     Two runs with the same fingerprint produce the same weights, so one may resume the other.
     """
     plain = config_to_dict(cfg)
     train = {k: v for k, v in plain["train"].items() if k not in _RUNTIME_KEYS}
-    key = {"data": plain["data"], "model": plain["model"], "loss": plain["loss"], "train": train,
+    data = {k: plain["data"][k] for k in _DATA_KEYS}
+    key = {"data": data, "model": plain["model"], "loss": plain["loss"], "train": train,
            "shards": shards_manifest.get("sha256_total")}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -251,7 +260,7 @@ class _Rows(torch.utils.data.Dataset[dict[str, Any]]):
 def _eval_batches(table: ShardTable, cfg: Config, indices: np.ndarray) -> DataLoader:
     """Test-transformed batches of the rows ``indices`` of ``table``."""
     dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
-    return DataLoader(_Rows(dataset, indices), batch_size=cfg.eval.batch_size, shuffle=False)
+    return DataLoader(_Rows(dataset, indices), batch_size=VAL_BATCH_SIZE, shuffle=False)
 
 
 def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.device) -> dict[str, float]:
@@ -263,14 +272,14 @@ def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.d
     ir = np.flatnonzero(table.modality == 1)
     if len(vis) == 0 or len(ir) == 0:
         raise ValueError("validation split needs visible and infrared images")
-    f_vis = extract_features(model, _eval_batches(table, cfg, vis), device, cfg.eval.flip)
-    f_ir = extract_features(model, _eval_batches(table, cfg, ir), device, cfg.eval.flip)
+    f_vis = extract_features(model, _eval_batches(table, cfg, vis), device, VAL_FLIP)
+    f_ir = extract_features(model, _eval_batches(table, cfg, ir), device, VAL_FLIP)
     ids, cams = table.identity, table.camera
     out: dict[str, float] = {}
     for prefix, (qf, qi, gf, gi) in {"val": (f_ir, ir, f_vis, vis),
                                       "val_v2i": (f_vis, vis, f_ir, ir)}.items():
         r = evaluate_features(qf, gf, ids[qi], ids[gi], cams[qi], cams[gi], sysu_removal=False,
-                              unique_ids_cmc=False, chunk=cfg.eval.query_chunk)
+                              unique_ids_cmc=False, chunk=VAL_QUERY_CHUNK)
         s = r.summary()
         out.update({f"{prefix}_mAP": s["mAP"], f"{prefix}_rank1": s["rank1"],
                     f"{prefix}_mINP": s["mINP"]})

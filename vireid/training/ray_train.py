@@ -1,0 +1,257 @@
+"""Training on Ray Train (V2 API): data-parallel workers, checkpoints, failure recovery.
+
+Each worker runs a :class:`vireid.training.loop.Trainer` with its rank; gradients are
+averaged across workers (gloo on CPU), the multi-view memory is all-gathered by the task.
+Every epoch all workers call ``ray.train.report(metrics)``; on checkpoint epochs rank 0
+attaches a checkpoint directory holding ``train_state.pt``.
+
+Resuming: at start a worker restores ``ray.train.get_checkpoint()`` (set by Ray after a
+worker failure, within ``FailureConfig(max_failures)``, and when a run with the same
+``storage_path`` and ``name`` is started again: Ray Train V2 reloads the run's checkpoint
+manager snapshot from ``storage_path/name``). :func:`fit` names the run after the
+training fingerprint, so rerunning an interrupted stage with unchanged parameters and data
+continues from the last checkpoint (and a finished one only re-exports its result), while
+changed parameters start a fresh run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from vireid.config import Config, config_from_dict, config_to_dict
+from vireid.data.shards import ShardSet
+from vireid.io import atomic_write_json, atomic_write_text
+from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
+from vireid.training.loop import Trainer, run_fingerprint, summarize
+
+log = logging.getLogger(__name__)
+
+#: metrics of a history record that are not reported to Ray (bookkeeping)
+_NOT_REPORTED = ("steps", "images")
+
+
+def _fault_hook(fault: Mapping[str, Any] | None, rank: int, epoch: int) -> Callable[[int], None]:
+    """Test hook: kill this worker process during 1-based ``fault["epoch"]`` on ``fault["rank"]``
+    after its first step, once (the ``fault["marker"]`` file records that it happened)."""
+    if not fault or int(fault["rank"]) != rank or int(fault["epoch"]) != epoch:
+        return lambda step: None
+    marker = Path(fault["marker"])
+
+    def hook(step: int) -> None:
+        if step == 0 and not marker.exists():
+            marker.write_text(f"worker rank {rank} killed in epoch {epoch}, pid {os.getpid()}\n")
+            log.warning("fault hook: killing worker rank %d (pid %d) in epoch %d", rank, os.getpid(), epoch)
+            os._exit(1)
+
+    return hook
+
+
+class ReportLog(ray.train.UserCallback):
+    """Appends every report (rank 0's metrics, whether a checkpoint came with it) to a
+    JSON-lines file, across failures and restarts: the record of which epochs actually ran.
+
+    Runs in the Ray Train controller process, so ``path`` must be reachable from it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        line = json.dumps({**metrics[0], "checkpoint": checkpoint is not None}, sort_keys=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+def reported_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
+    """The numeric fields of an epoch record that go to ``ray.train.report``."""
+    return {k: v for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_REPORTED}
+
+
+def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
+    """Ray Train worker function: restore, train the remaining epochs, report, checkpoint.
+
+    ``loop_config``: ``config`` (plain dict of :class:`Config`), ``shards_dir``, ``fault``
+    (test hook or None), ``tracking`` (``{"tracking_uri", "run_id"}`` or None). Rank 0
+    returns ``{"epoch", "history"}``.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    cfg = config_from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    trainer = Trainer(cfg, loop_config["shards_dir"], rank=rank, world_size=world, device=device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            path = Path(d) / STATE_FILE
+            state = load_train_state(path, **trainer.expected())
+            trainer.restore(state, path)
+        log.info("rank %d: resumed after epoch %d (attempt %d)", rank, trainer.epoch, trainer.attempt)
+    tracking = loop_config.get("tracking")
+    steps = None
+    if tracking and rank == 0:
+        from vireid.tracking import MetricLogger
+
+        steps = MetricLogger(tracking["tracking_uri"], str(tracking["run_id"]))
+    steps_per_epoch = len(trainer.loader)
+    fault = loop_config.get("fault")
+    while trainer.epoch < cfg.train.epochs:
+        epoch = trainer.epoch + 1
+        hook = _fault_hook(fault, rank, epoch)
+
+        def on_step(i: int, terms: dict[str, float], epoch: int = epoch,
+                    hook: Callable[[int], None] = hook) -> None:
+            hook(i)
+            if steps is not None:  # every loss term of every step, batched
+                steps.log({f"step/{k}": v for k, v in terms.items()}, (epoch - 1) * steps_per_epoch + i)
+
+        record = trainer.run_epoch(on_step=on_step)
+        if steps is not None:
+            steps.flush()
+        metrics = reported_metrics(record)
+        if trainer.is_checkpoint_epoch(epoch):
+            with tempfile.TemporaryDirectory(prefix="vireid-ckpt-") as tmp:
+                ckpt = None
+                if rank == 0:
+                    trainer.save_state(Path(tmp) / STATE_FILE)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)
+                if rank == 0:
+                    # reports reach the controller asynchronously: wait until this checkpoint is
+                    # committed, so a worker dying right after it cannot lose it
+                    ray.train.get_all_reported_checkpoints(
+                        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        else:
+            ray.train.report(metrics)
+    return {"epoch": trainer.epoch, "history": trainer.history} if rank == 0 else None
+
+
+def build_trainer(
+    cfg: Config,
+    shards_dir: Path,
+    storage_path: Path,
+    name: str,
+    *,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+    fault: dict | None = None,
+    tracking: dict | None = None,
+    num_to_keep: int = 2,
+) -> TorchTrainer:
+    """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
+
+    ``storage_path`` is made absolute (Ray requires it). ``fault`` and ``tracking``: see
+    :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept.
+    """
+    t = cfg.train
+    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = 1
+    loop_config = {"config": config_to_dict(cfg), "shards_dir": str(Path(shards_dir).resolve()),
+                   "fault": dict(fault) if fault else None,
+                   "tracking": dict(tracking) if tracking else None}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            storage_path=str(Path(storage_path).resolve()),
+            name=name,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def run_name(cfg: Config, shards_dir: Path) -> str:
+    """``train-<fingerprint>``: the same parameters and data give the same run (resumable)."""
+    return f"train-{run_fingerprint(cfg, ShardSet(shards_dir).manifest)}"
+
+
+def write_history_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> Path:
+    """One row per epoch, the union of all record keys as columns (``epoch`` first)."""
+    keys: list[str] = []
+    for r in history:
+        keys.extend(k for k in r if k not in keys)
+    keys = ["epoch"] + [k for k in keys if k != "epoch"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def fit(
+    cfg: Config,
+    shards_dir: Path,
+    out_dir: Path,
+    storage_path: Path,
+    *,
+    name: str | None = None,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+    fault: dict | None = None,
+    tracking: dict | None = None,
+    object_store_mb: int = 256,
+) -> dict[str, Any]:
+    """Train with Ray Train and export the result; return the training summary.
+
+    Starts a local Ray (``num_workers * cpus_per_worker`` CPUs, no dashboard) unless one is
+    running, and shuts down what it started. Writes atomically to ``out_dir``:
+    ``model.pt`` (selected weights + metadata), ``train_summary.json`` and ``history.csv``.
+    ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
+    """
+    shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
+    name = name or run_name(cfg, shards_dir)
+    started = False
+    if not ray.is_initialized():
+        t = cfg.train
+        ray.init(num_cpus=t.num_workers * t.cpus_per_worker, num_gpus=t.num_workers if t.use_gpu else 0,
+                 include_dashboard=False, log_to_driver=True,
+                 object_store_memory=object_store_mb * 1024 * 1024)
+        started = True
+    try:
+        t0 = time.perf_counter()
+        result = build_trainer(cfg, shards_dir, storage_path, name, callbacks=callbacks,
+                               fault=fault, tracking=tracking).fit()
+        wall = time.perf_counter() - t0
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} under {storage_path} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = load_train_state(Path(d) / STATE_FILE)
+    weights, meta = selected_from_state(state)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(out_dir / "model.pt", weights, meta)
+    summary = summarize(state["history"], meta)
+    summary.update(run_name=name, run_path=str(result.path), checkpoint_path=result.checkpoint.path,
+                   wall_seconds=wall,
+                   epochs_completed=int(state["epoch"]), num_workers=cfg.train.num_workers,
+                   device="cuda" if cfg.train.use_gpu else "cpu")
+    atomic_write_json(out_dir / "train_summary.json", summary)
+    write_history_csv(out_dir / "history.csv", state["history"])
+    log.info("training %s: selected epoch %s (%s), wrote %s", name, meta.get("selected_epoch"),
+             meta.get("selection"), out_dir / "model.pt")
+    return summary
