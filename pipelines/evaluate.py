@@ -1,0 +1,143 @@
+"""DVC stage ``evaluate``: the test protocols on the trained model.
+
+Reads ``data`` (which dataset and RegDB trial) and ``eval``. Loads ``outputs/train/model.pt``
+(refusing a model trained for another dataset, image size or RegDB trial), extracts the
+query and gallery features once from the shards, and runs the SYSU-MM01 protocols (every
+``eval.sysu_modes`` x ``eval.sysu_shots``, ``eval.trials`` gallery draws) or both RegDB
+directions. Writes to ``outputs/eval/``: ``metrics.json`` (percent; DVC metrics),
+``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
+one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
+run record exists, the metrics and plots are logged into that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipelines.common import load_config, setup_logging
+from vireid.config import Config
+from vireid.data.loader import ShardImageDataset
+from vireid.data.sample import Modality, Sample
+from vireid.data.shards import ShardSet, ShardTable
+from vireid.data.transforms import test_transform
+from vireid.evaluation import regdb as regdb_eval
+from vireid.evaluation import report
+from vireid.evaluation.extract import extract_features
+from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
+from vireid.training.checkpoint import load_model
+
+log = logging.getLogger("pipelines.evaluate")
+
+
+def samples_of(table: ShardTable, split: str) -> list[Sample]:
+    """The shard rows as :class:`Sample` records (row order kept)."""
+    return [Sample(str(p), int(i), int(c), Modality.from_code(int(m)), split)
+            for p, i, c, m in zip(table.path, table.identity, table.camera, table.modality, strict=True)]
+
+
+def features(model: torch.nn.Module, table: ShardTable, cfg: Config, device: torch.device) -> np.ndarray:
+    """Float32 [N, d] embeddings of every row of ``table`` (test transform, optional flip)."""
+    dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
+    return extract_features(model, loader, device, cfg.eval.flip)
+
+
+def ranked_list(path: Path, qf: np.ndarray, gf: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray,
+                q_images: Any, g_images: Any, n_queries: int = 6, k: int = 10) -> Path:
+    """Top-``k`` gallery images of ``n_queries`` evenly spaced queries."""
+    rows = np.unique(np.linspace(0, len(qf) - 1, num=min(n_queries, len(qf))).round().astype(int))
+    dist = -(qf[rows].astype(np.float64) @ gf.astype(np.float64).T)
+    ranked = report.top_k(dist, k=min(k, gf.shape[0]))
+    correct = g_ids[ranked] == q_ids[rows][:, None]
+    titles = [f"query id {q_ids[r]}" for r in rows]
+    return report.plot_ranked_list(path, rows.tolist(), ranked, correct, q_images, g_images, titles)
+
+
+def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
+             device: torch.device) -> dict[str, Any]:
+    """Run the protocols of ``cfg`` and write the outputs; return the ``metrics.json`` object."""
+    dataset = cfg.data.dataset
+    model, meta = load_model(model_path, device, dataset=dataset, image_height=cfg.data.image_height,
+                             image_width=cfg.data.image_width)
+    if dataset == "regdb":  # a model trained on another split trial would see test identities
+        regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+    shards = ShardSet(shards_dir)
+    if meta.get("shards_sha256") and meta["shards_sha256"] != shards.manifest.get("sha256_total"):
+        log.warning("%s was trained on other shards (%s) than %s (%s)", model_path,
+                    meta["shards_sha256"], shards_dir, shards.manifest.get("sha256_total"))
+    q_table, g_table = shards.table("query"), shards.table("gallery")
+    qf = features(model, q_table, cfg, device)
+    gf = features(model, g_table, cfg, device)
+    log.info("extracted %d query and %d gallery features (d=%d)", len(qf), len(gf), qf.shape[1])
+    entries: dict[str, dict[str, Any]] = {}
+    curves: dict[str, np.ndarray] = {}
+    if dataset == "sysu":
+        query, pool = samples_of(q_table, "query"), samples_of(g_table, "gallery")
+        perms = (load_official_permutations(cfg.eval.official_perm_path)
+                 if cfg.eval.sysu_sampler == "official" else None)
+        results = sysu_protocols(query, qf, pool, gf, modes=cfg.eval.sysu_modes, shots=cfg.eval.sysu_shots,
+                                 sampler=cfg.eval.sysu_sampler, trials=cfg.eval.trials, perms=perms,
+                                 chunk=cfg.eval.query_chunk, rerank=cfg.eval.rerank)
+        for key, res in results.items():
+            entries[key] = report.sysu_entry(res)
+            curves[key] = report.mean_curve([t.result.cmc for t in res.trials])
+        mode, shot = cfg.eval.headline.split("/")[1:3]
+        idx = sample_gallery(pool, mode, shot, 0, cfg.eval.sysu_sampler, perms)
+        ranked_list(out / "ranked_list.png", qf, gf[idx], q_table.identity, g_table.identity[idx],
+                    q_table.image, lambda j: g_table.image(int(idx[j])))
+    else:
+        trial = cfg.data.regdb_trial
+        res = regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
+                                        model_trial=meta.get("regdb_trial"), chunk=cfg.eval.query_chunk,
+                                        rerank=cfg.eval.rerank)
+        entries.update(report.regdb_entries(regdb_eval.aggregate_regdb({trial: res})))
+        for direction, r in res.items():
+            curves[f"regdb/{direction}"] = report.mean_curve([r.cmc])
+        ranked_list(out / "ranked_list.png", qf, gf, q_table.identity, g_table.identity,
+                    q_table.image, g_table.image)
+    headline_key = cfg.eval.headline.rsplit("/", 1)[0]
+    if headline_key not in curves:
+        raise ValueError(f"eval.headline: {cfg.eval.headline!r} is not among the protocols run "
+                         f"({', '.join(curves)})")
+    report.write_cmc_csv(out / "cmc.csv", {"headline": curves[headline_key], **curves})
+    report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta['selected_epoch']})")
+    report.write_metrics(out / "metrics.json", entries)
+    return report.build_metrics(entries)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
+    parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
+    parser.add_argument("--out", default="outputs/eval", help="output directory")
+    parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",
+                        help="the train stage's MLflow run record (metrics are logged there if present)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.params)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
+    if Path(args.run_file).is_file():
+        from vireid.tracking import log_metrics_json, log_plots, read_run_record, resumed_run
+
+        record = read_run_record(args.run_file)
+        with resumed_run(record["tracking_uri"], record["run_id"]) as run_id:
+            log_metrics_json(record["tracking_uri"], run_id, metrics)
+            log_plots(record["tracking_uri"], run_id, [out / "cmc.png", out / "ranked_list.png"])
+    headline = metrics.get(cfg.eval.headline)
+    print(f"{cfg.eval.headline} = {headline:.2f} % ({metrics['units']}); metrics in {out / 'metrics.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""After ``make run``: where the results are and how to look at them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import load_config
+from vireid.tracking import resolve_target
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser.add_argument("--outputs", default="outputs", help="the pipeline's output directory")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    out = Path(args.outputs)
+    lines = ["", "== vireid: results =="]
+    train = _read(out / "train" / "train_summary.json")
+    if train:
+        val = ", ".join(f"{k}={100 * v:.1f}%" for k, v in train.get("val_metrics", {}).items()
+                        if k in ("val_mAP", "val_rank1"))
+        lines.append(f"training:  {train['epochs']} epochs, {train.get('wall_seconds', 0):.0f} s, "
+                     f"{train.get('images_per_s') or 0:.1f} images/s; selected epoch "
+                     f"{train['selected_epoch']} ({val or 'no validation: last epoch'})")
+        lines.append(f"           {out / 'train' / 'model.pt'}, {out / 'train' / 'train_summary.json'}, "
+                     f"{out / 'train' / 'history.csv'}")
+    metrics = _read(out / "eval" / "metrics.json")
+    if metrics:
+        head = metrics.get(cfg.eval.headline)
+        lines.append(f"test:      {cfg.eval.headline} = "
+                     f"{'n/a' if head is None else f'{head:.2f}'} ({metrics.get('units', '')})")
+        for key in sorted(k for k, v in metrics.items() if isinstance(v, dict)):
+            mean = metrics[key]["mean"]
+            lines.append(f"           {key}: Rank-1 {mean['rank1']:.2f}  mAP {mean['mAP']:.2f}  "
+                         f"mINP {mean['mINP']:.2f}")
+    lines.append(f"metrics:   {out / 'eval' / 'metrics.json'}   (uv run dvc metrics show)")
+    lines.append(f"plots:     {out / 'eval' / 'cmc.png'}, {out / 'eval' / 'ranked_list.png'}, "
+                 f"{out / 'eval' / 'cmc.csv'}   (uv run dvc plots show)")
+    registration = _read(out / "register" / "registration.json")
+    if registration:
+        lines.append(f"registry:  {registration.get('model_name')} v{registration.get('version')} -> "
+                     f"{registration.get('alias')}: {registration.get('reason')}")
+    target = resolve_target(cfg.track, Path.cwd())
+    lines.append(f"MLflow UI: uv run mlflow ui --backend-store-uri {target.tracking_uri}   "
+                 "(then open http://127.0.0.1:5000)")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
