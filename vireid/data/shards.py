@@ -227,7 +227,7 @@ def decode_jpeg(data: bytes) -> torch.Tensor:
     """JPEG bytes -> uint8 tensor [3, H, W] (PIL: no torchvision import in loader workers)."""
     with Image.open(io.BytesIO(data)) as im:
         arr = np.array(im.convert("RGB"), dtype=np.uint8)  # [H, W, 3], writable copy
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1)  # channels-last strides: faster uint8 resize
 
 
 class ShardTable:

@@ -1,0 +1,115 @@
+"""Loader throughput: decoded + augmented images per second per core, from the Arrow shards
+against reading the JPEG folder with PIL (the community loader), measured in the same run.
+
+Both paths produce the same training tensor (float [3, H, W], AGW augmentation): the
+shards hold JPEGs already resized to the training size; the folder path opens the original
+file, converts to RGB and resizes it (what the community loader does per image, per epoch).
+Each path is measured single-process (images/s per core) and through a DataLoader with 2
+workers, and compared with the demand of the training step (``--demand`` images/s).
+
+    uv run python bench/bench_loader.py --height 288 --width 144 --demand 2709
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vireid.config import DataConfig, SyntheticConfig  # noqa: E402
+from vireid.data.loader import ShardImageDataset  # noqa: E402
+from vireid.data.prepare import collect_splits, prepare  # noqa: E402
+from vireid.data.shards import ShardSet  # noqa: E402
+from vireid.data.synthetic import generate_sysu  # noqa: E402
+from vireid.data.transforms import train_transform  # noqa: E402
+
+
+class FolderDataset(Dataset[dict[str, Any]]):
+    """The community path: PIL opens each original JPEG, RGB, then the same augmentation."""
+
+    def __init__(self, root: Path, paths: list[str], h: int, w: int) -> None:
+        self.root, self.paths = root, paths
+        self.transform = train_transform(h, w)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        with Image.open(self.root / self.paths[i]) as im:
+            arr = np.asarray(im.convert("RGB"))  # [H0,W0,3] uint8
+        image = torch.from_numpy(arr).permute(2, 0, 1)  # [3,H0,W0]
+        return {"image": self.transform(image), "index": i}
+
+
+def rate(dataset: Dataset[dict[str, Any]], n: int, workers: int, batch: int = 64) -> float:
+    """Images/s over the first ``n`` items (after one warm-up batch)."""
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch,
+                        num_workers=workers, shuffle=False, persistent_workers=False)
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    seen = 0
+    for b in it:
+        seen += b["image"].shape[0]
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--height", type=int, default=288)
+    ap.add_argument("--width", type=int, default=144)
+    ap.add_argument("--source-height", type=int, default=288, help="size of the generated originals")
+    ap.add_argument("--source-width", type=int, default=144)
+    ap.add_argument("--images", type=int, default=1024, help="images timed per measurement")
+    ap.add_argument("--demand", type=float, default=0.0,
+                    help="training-step images/s to compare with (e.g. the GPU step figure)")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        root = Path(tmp) / "SYSU-MM01"
+        synth = SyntheticConfig(sysu_identities=24, sysu_images_per_camera=10,
+                                image_height=args.source_height, image_width=args.source_width)
+        generate_sysu(root, synth)
+        cfg = DataConfig(root=str(root), image_height=args.height, image_width=args.width)
+        prepare(cfg, Path(tmp) / "shards")
+        table = ShardSet(Path(tmp) / "shards").table("train")
+        splits, _ = collect_splits(cfg)
+        paths = [s.path for s in splits["train"]]
+        n = min(args.images, len(table), len(paths))
+        shard_ds = ShardImageDataset(table, train_transform(args.height, args.width))
+        folder_ds = FolderDataset(root, paths, args.height, args.width)
+        results = {}
+        for name, ds in (("shards", shard_ds), ("folder_pil", folder_ds)):
+            for workers in (0, 2):
+                results[f"{name}_w{workers}"] = rate(ds, n, workers)
+                print(json.dumps({"path": name, "workers": workers,
+                                  "images_per_s": round(results[f'{name}_w{workers}'], 1)}), flush=True)
+    summary = {
+        "images_timed": n, "size": [args.height, args.width],
+        "per_core_shards": results["shards_w0"], "per_core_folder": results["folder_pil_w0"],
+        "ratio_shards_vs_folder_per_core": results["shards_w0"] / results["folder_pil_w0"],
+        "ratio_shards_vs_folder_2_workers": results["shards_w2"] / results["folder_pil_w2"],
+    }
+    if args.demand:
+        summary["demand_images_per_s"] = args.demand
+        summary["shards_2_workers_over_demand"] = results["shards_w2"] / args.demand
+        summary["workers_needed_for_demand"] = args.demand / results["shards_w0"]
+    print(json.dumps({"summary": summary}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
