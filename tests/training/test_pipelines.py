@@ -1,0 +1,53 @@
+"""The evaluate and summary stage entry points on a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines import evaluate as evaluate_stage
+from vireid.config import replace
+from vireid.evaluation.regdb import TrialMismatchError
+from vireid.training.checkpoint import CheckpointMismatchError, read_model_file, save_model
+from vireid.training.loop import Trainer
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_shards, tmp_path_factory) -> Path:
+    shards, cfg = tiny_shards
+    trainer = Trainer(cfg, shards)
+    trainer.run_epoch()
+    return trainer.save_model(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_path) -> None:
+    shards, cfg = tiny_shards
+    cfg = replace(cfg, eval={"trials": 2, "sysu_modes": ["all", "indoor"], "sysu_shots": ["single"]})
+    metrics = evaluate_stage.evaluate(cfg, model_file, shards, tmp_path, torch.device("cpu"))
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert on_disk["units"] == "percent"
+    assert set(k for k, v in on_disk.items() if isinstance(v, dict)) == {"sysu/all/single", "sysu/indoor/single"}
+    assert on_disk["sysu/all/single"]["trials"] == 2
+    assert 0.0 <= on_disk["sysu/all/single/mAP"] <= 100.0
+    header, *rows = (tmp_path / "cmc.csv").read_text().splitlines()
+    assert header == "rank,headline,sysu/all/single,sysu/indoor/single"
+    first = rows[0].split(",")
+    assert first[1] == first[2]  # the headline column is the headline protocol's curve
+    for png in ("cmc.png", "ranked_list.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_a_regdb_model_of_another_trial(tiny_shards, model_file, tmp_path) -> None:
+    shards, cfg = tiny_shards
+    obj = read_model_file(model_file)
+    save_model(tmp_path / "regdb.pt", obj["model"], dict(obj["meta"], dataset="regdb", regdb_trial=1))
+    regdb_cfg = replace(cfg, data={"dataset": "regdb", "regdb_trial": 2})
+    with pytest.raises(TrialMismatchError, match="trial 1 cannot be tested on trial 2"):
+        evaluate_stage.evaluate(regdb_cfg, tmp_path / "regdb.pt", shards, tmp_path, torch.device("cpu"))
+    with pytest.raises(CheckpointMismatchError, match="dataset"):
+        evaluate_stage.evaluate(cfg, tmp_path / "regdb.pt", shards, tmp_path, torch.device("cpu"))
+    assert not (tmp_path / "metrics.json").exists()
