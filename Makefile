@@ -10,6 +10,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
+# Ray 2.60 would ship the whole working tree to every worker and start workers through
+# `uv run` when the driver runs under `uv run`: keep the workers in this environment.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
 .PHONY: setup run test lint tune bench clean
 
