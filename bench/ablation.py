@@ -43,13 +43,13 @@ CONFIGS: dict[str, dict[str, dict[str, object]]] = {
 METRICS = ("rank1", "mAP", "mINP")
 
 
-def run_one(cfg: Config, shards: Path, work: Path) -> dict[str, float]:
+def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, float]:
     """Train one configuration and evaluate it; return the headline protocol's means."""
-    trainer = Trainer(cfg, shards)
+    trainer = Trainer(cfg, shards, device=device)
     for _ in range(cfg.train.epochs):
         trainer.run_epoch()
     model_path = trainer.save_model(work / "model.pt")
-    metrics = evaluate(cfg, model_path, shards, work / "eval", torch.device("cpu"))
+    metrics = evaluate(cfg, model_path, shards, work / "eval", device)
     key = cfg.eval.headline.rsplit("/", 1)[0]
     return {m: float(metrics[f"{key}/{m}"]) for m in METRICS}
 
@@ -60,29 +60,38 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=0, help="override train.epochs (0: keep)")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--loader-workers", type=int, default=-1, help="override train.loader_workers")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    device = torch.device(args.device)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     base = config_from_dict(yaml.safe_load(Path(args.params).read_text()))
     # one protocol (the headline), and the pipeline's settings otherwise
     mode, shot = base.eval.headline.split("/")[1:3]
-    base = replace(base, eval={"sysu_modes": [mode], "sysu_shots": [shot]},
-                   train={"epochs": args.epochs or base.train.epochs})
+    train = {"epochs": args.epochs or base.train.epochs}
+    if args.loader_workers >= 0:
+        train["loader_workers"] = args.loader_workers
+    base = replace(base, eval={"sysu_modes": [mode], "sysu_shots": [shot]}, train=train)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         root = Path(tmp)
         generate_sysu(root / "SYSU-MM01", base.data.synth)
         data_cfg = replace(base, data={"root": str(root / "SYSU-MM01")}).data
         prepare(data_cfg, root / "shards")
-        for name in args.configs:
-            for seed in args.seeds:
+        for seed in args.seeds:  # every configuration of a seed before the next seed
+            for name in args.configs:
                 cfg = replace(base, train={"seed": seed}, **CONFIGS[name])  # type: ignore[arg-type]
                 t0 = time.perf_counter()
-                r = run_one(cfg, root / "shards", root / f"run-{len(results[name])}-{seed}")
+                r = run_one(cfg, root / "shards", root / f"run-{len(results[name])}-{seed}", device)
                 r["seconds"] = time.perf_counter() - t0
                 results[name].append(r)
                 print(json.dumps({"config": name, "seed": seed, **r}), flush=True)
+                if args.json:  # after every run, so a cut-off run keeps what it measured
+                    Path(args.json).write_text(json.dumps(
+                        {"seeds": args.seeds, "epochs": base.train.epochs, "device": str(device),
+                         "protocol": base.eval.headline, "results": results}, indent=2))
     head = f"| configuration | {' | '.join(METRICS)} |"
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
           f"{base.train.epochs} epochs, protocol {base.eval.headline.rsplit('/', 1)[0]} "
@@ -95,10 +104,6 @@ def main() -> None:
             v = np.array([r[m] for r in rows])
             cells.append(f"{v.mean():.2f} ± {v.std():.2f}")
         print(f"| {name} | {' | '.join(cells)} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"seeds": args.seeds, "epochs": base.train.epochs,
-                                               "protocol": base.eval.headline, "results": results},
-                                              indent=2))
 
 
 if __name__ == "__main__":
