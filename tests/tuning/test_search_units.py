@@ -1,0 +1,86 @@
+"""Search space, trial configuration, experiment naming and the summary arithmetic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ray.tune.search.sample import Categorical, Float
+
+from tests.tuning.conftest import tiny_config
+from vireid.config import ConfigError
+from vireid.tuning.search import (
+    best_params,
+    cpus_needed,
+    experiment_name,
+    rung_epochs,
+    search_space,
+    summarize,
+    trial_config,
+)
+
+
+def test_trial_config_sets_s_t_and_the_trial_schedule(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    t = trial_config(cfg, 4, 2.5)
+    assert (t.model.memory_size, t.loss.temperature) == (4, 2.5)
+    assert t.train.epochs == cfg.tune.epochs and t.train.validate_every == 1
+    assert t.data == cfg.data and t.tune == cfg.tune
+    with pytest.raises(ConfigError, match="model.memory_size"):
+        trial_config(cfg, 0, 2.0)
+
+
+def test_search_space_is_the_configured_choice_and_log_range(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    space = search_space(cfg)
+    assert isinstance(space["memory_size"], Categorical)
+    assert list(space["memory_size"].categories) == [1, 2, 4]
+    assert isinstance(space["temperature"], Float)
+    assert (space["temperature"].lower, space["temperature"].upper) == (1.0, 8.0)
+    assert type(space["temperature"].sampler).__name__ == "_LogUniform"
+    fixed = search_space(tiny_config(tmp_path, temperature_min=3.0, temperature_max=3.0))
+    assert fixed["temperature"] == 3.0
+
+
+def test_experiment_name_follows_the_inputs(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    m = {"sha256_total": "abc"}
+    assert experiment_name(cfg, m) == experiment_name(tiny_config(tmp_path), m)
+    assert experiment_name(cfg, m) != experiment_name(cfg, {"sha256_total": "abd"})
+    assert experiment_name(cfg, m) != experiment_name(tiny_config(tmp_path, num_samples=5), m)
+
+
+def test_resources_and_rungs(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, max_concurrent=2)
+    assert cpus_needed(cfg, driver_cpus=1.0) == 2 * (1 + 1 * 1)
+    assert rung_epochs(tiny_config(tmp_path)) == [1, 2]
+    assert rung_epochs(tiny_config(tmp_path, epochs=8, grace_period=1, reduction_factor=2)) == [1, 2, 4]
+
+
+def _trial(tid: str, s: int, t: float, maps: list[float], error: str | None = None) -> dict:
+    return {"trial_id": tid, "memory_size": s, "temperature": t, "error": error,
+            "history": [{"epoch": i + 1, "val_mAP": v, "val_rank1": None, "loss": None}
+                        for i, v in enumerate(maps)]}
+
+
+def test_summary_counts_and_picks_the_best_survivor(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)  # max_t 3
+    trials = [_trial("a", 1, 2.0, [0.1, 0.2, 0.3]), _trial("b", 2, 4.0, [0.5]),  # b: stopped early
+              _trial("c", 4, 1.5, [0.2, 0.35, 0.31]), _trial("d", 2, 7.0, [0.1, 0.12])]
+    s = summarize(cfg, trials, name="x", experiment_path="/x")
+    assert s["num_trials"] == 4 and s["num_early_stopped"] == 2 and s["num_completed"] == 2
+    assert s["trial_epochs_used"] == 3 + 1 + 3 + 2 and s["trial_epochs_full"] == 12
+    assert s["trial_epochs_saved"] == 12 - 9
+    # b has the highest mAP but was stopped after epoch 1: the best is a survivor, c at epoch 3
+    assert s["best"]["trial_id"] == "c" and s["best"]["val_mAP"] == 0.31
+    assert best_params(s) == {"model": {"memory_size": 4}, "loss": {"temperature": 1.5}}
+    rows = {r["trial_id"]: r for r in s["trials"]}
+    assert rows["c"]["best_val_mAP"] == 0.35 and rows["c"]["final_val_mAP"] == 0.31
+
+
+def test_summary_without_any_metric_has_no_best(tmp_path: Path) -> None:
+    s = summarize(tiny_config(tmp_path), [_trial("a", 1, 2.0, [], error="boom")], name="x",
+                  experiment_path="/x")
+    assert s["best"] is None and s["num_errored"] == 1
+    with pytest.raises(RuntimeError, match="no trial reported"):
+        best_params(s)
