@@ -60,8 +60,10 @@ class LocalRayCluster:
 
     def start_head(self, resources: dict[str, float], num_cpus: int = 1) -> None:
         """The head node (GCS on ``self.port``), no dashboard."""
+        # a free dashboard port too: ray start checks 8265 even without the dashboard, and
+        # fails when another Ray on this machine holds it
         self._start(["--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
-                     "--include-dashboard=false"], resources, num_cpus)
+                     "--include-dashboard=false", f"--dashboard-port={free_port()}"], resources, num_cpus)
 
     def add_node(self, resources: dict[str, float], num_cpus: int = 1) -> None:
         """A worker node joining the head."""
