@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run   - the whole DVC pipeline on the embedded default (synthetic data, local Ray, local MLflow)
+#   make run   - the whole DVC pipeline on the embedded default (synthetic data, local Ray, local MLflow):
+#                synth -> prepare -> train -> evaluate -> register (the tune stage is opt-in: make tune)
 #   make test  - the test suite
 # Both bootstrap uv when it is missing and install the locked environment first.
 
@@ -22,7 +23,7 @@ setup:
 
 run: setup
 	@git rev-parse --git-dir >/dev/null 2>&1 || (git init -q && echo "initialised a git repository (DVC needs one)")
-	$(UV) run --frozen dvc repro
+	$(UV) run --frozen dvc repro register
 	@$(UV) run --frozen python -m pipelines.summary
 
 test: setup
