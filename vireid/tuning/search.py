@@ -198,7 +198,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, 
     ctx = ray.tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     cfg = trial_config(config_from_dict(base), config["memory_size"], config["temperature"])
-    callbacks: list[ray.train.UserCallback] = [TuneReportCallback()]
+    callbacks: list[ray.train.UserCallback] = []
     train_tracking = None
     run_id = None
     if tracking is not None:
@@ -206,6 +206,9 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, 
         run_id = child_run(t, trial_id, trial_name, cfg.model.memory_size, cfg.loss.temperature)
         callbacks.append(EpochLogger(t.tracking_uri, run_id))
         train_tracking = {"tracking_uri": t.tracking_uri, "run_id": run_id}
+    # Last: once Tune has a trial's final (or ASHA-stopping) result it ends the trial, so the
+    # epoch must be in MLflow before Tune sees it.
+    callbacks.append(TuneReportCallback())
     # Imported here: the training package is heavy and only the trial actors need it.
     from vireid.training.ray_train import build_trainer
 
@@ -279,7 +282,8 @@ def run_search(
 
     ``storage_path``: where Tune and the trials' Ray Train runs keep their state (made
     absolute; must be shared by all nodes on a cluster). ``name``: the experiment name,
-    default :func:`experiment_name`. ``callbacks``: extra Tune callbacks. Starts a local
+    default :func:`experiment_name`. ``callbacks``: extra Tune callbacks (saved with the
+    experiment: a resumed search runs the first run's callbacks). Starts a local
     Ray with :func:`cpus_needed` CPUs unless Ray is already initialised.
     """
     shards_dir = Path(shards_dir).resolve()
