@@ -489,7 +489,9 @@ def plot(summary: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> byt
     fig.colorbar(sc, ax=ax2, label="final val_mAP")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
-    ax2.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    lo, hi = summary["search"]["temperature_range"]
+    ax2.set_yticks([lo * (hi / lo) ** (i / 4) for i in range(5)] if hi > lo else [lo])
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))
     ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xticks(summary["search"]["memory_sizes"], [str(s) for s in summary["search"]["memory_sizes"]])
     ax2.set_xlabel("memory size S")
