@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -44,6 +45,25 @@ def test_train_transform_seeded_and_augments() -> None:
     pad_value = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     border = torch.stack([o[:, 0, 0] for o in outs])
     assert any(torch.allclose(row, pad_value, atol=1e-5) for row in border)  # zero padding shows up
+
+
+def test_crop_padding_scales_with_image_height() -> None:
+    assert [T.scaled_pad(h) for h in (288, 256, 128, 64, 16)] == [10, 9, 4, 2, 1]
+    with pytest.raises(ValueError, match="pad must be >= 0"):
+        T.train_transform(64, 32, pad=-1)
+    # a 64x32 image is shifted by at most scaled_pad(64) = 2 pixels in each direction
+    img = torch.zeros(3, 64, 32, dtype=torch.uint8)
+    img[:, 30, 15] = 255  # one bright pixel
+    t = T.train_transform(64, 32)
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(200):
+        out = t(img)[0]
+        r, c = divmod(int(out.argmax()), 32)
+        if c not in (15, 16):  # a flip mirrors column 15 to 16; keep unflipped draws
+            continue
+        shifts.add(r - 30)
+    assert shifts and max(abs(s) for s in shifts) <= 2 and len(shifts) > 1
 
 
 def test_dataset_items_and_balanced_batch(tiny_sysu_master: Path, tmp_path: Path) -> None:
