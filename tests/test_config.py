@@ -31,6 +31,9 @@ def test_repository_params_yaml_is_valid() -> None:
         ({"data": {"image_width": 36}}, "data.image_width"),
         ({"model": {"memry_size": 4}}, "model.memry_size"),
         ({"data": {"synth": {"sed": 1}}}, "data.synth.sed"),
+        ({"data": {"synth": {"sysu_val_fraction": 0.0}}}, "data.synth.sysu_val_fraction"),
+        ({"data": {"synth": {"sysu_identities": 12, "sysu_val_fraction": 0.04}}},
+         "data.synth.sysu_val_fraction"),  # rounds to 0 identities: an unreadable val_id.txt
         ({"trian": {}}, "trian"),
         ({"train": {"milestones": [50, 20]}}, "train.milestones"),
         ({"train": {"use_gpu": "on"}}, "train.use_gpu"),

@@ -36,7 +36,7 @@ class SyntheticConfig:
     seed: int = 0  # same seed, same bytes
     sysu_identities: int = 48  # identities in the generated SYSU-MM01 tree
     sysu_images_per_camera: int = 12  # images per (identity, camera) folder; >= 10 for multi-shot
-    sysu_val_fraction: float = 0.15  # share of SYSU identities written to exp/val_id.txt
+    sysu_val_fraction: float = 0.15  # share of SYSU identities written to exp/val_id.txt (>= 1 identity)
     sysu_test_fraction: float = 0.25  # share of SYSU identities in exp/test_id.txt (at least 8)
     regdb_identities: int = 40  # identities in the generated RegDB tree (half train, half test)
     regdb_images_per_modality: int = 10  # RegDB has 10 visible + 10 thermal per identity
@@ -46,10 +46,13 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         _check(self.sysu_identities >= 12, "data.synth.sysu_identities",
                "must be >= 12 (8 test identities + val + at least 2 train)")
-        _check(0.0 <= self.sysu_val_fraction < 1.0, "data.synth.sysu_val_fraction", "must be in [0, 1)")
+        _check(0.0 < self.sysu_val_fraction < 1.0, "data.synth.sysu_val_fraction", "must be in (0, 1)")
         _check(0.0 < self.sysu_test_fraction < 1.0, "data.synth.sysu_test_fraction", "must be in (0, 1)")
         n_test = max(8, round(self.sysu_test_fraction * self.sysu_identities))
         n_val = round(self.sysu_val_fraction * self.sysu_identities)
+        _check(n_val >= 1, "data.synth.sysu_val_fraction",
+               f"gives {n_val} identities for exp/val_id.txt; the SYSU-MM01 layout needs at least 1 "
+               "(its reader refuses an empty split file)")
         _check(self.sysu_identities - n_test - n_val >= 2, "data.synth.sysu_test_fraction",
                f"leaves {self.sysu_identities - n_test - n_val} train identities (need >= 2)")
         _check(self.sysu_images_per_camera >= 1, "data.synth.sysu_images_per_camera", "must be >= 1")
