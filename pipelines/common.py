@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 import yaml
 
 from vireid.config import Config, ConfigError, config_from_dict
+
+
+def stage_parser(description: str | None) -> argparse.ArgumentParser:
+    """An argument parser for a stage entry point, with the ``--params`` option every stage has."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    return parser
 
 
 def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:

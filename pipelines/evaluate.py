@@ -12,7 +12,6 @@ run record exists, the metrics and plots are logged into that run.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import load_config, setup_logging
+from pipelines.common import load_config, setup_logging, stage_parser
 from vireid.config import Config
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sample import Modality, Sample
@@ -113,8 +112,7 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/eval", help="output directory")

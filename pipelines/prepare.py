@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-
-from pipelines.common import load_config, setup_logging
+from pipelines.common import load_config, setup_logging, stage_parser
 from vireid.data.prepare import prepare
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--out", default="data/shards", help="shard directory (default data/shards)")
     args = parser.parse_args(argv)
     setup_logging()

@@ -4,13 +4,12 @@ it; alias ``champion`` moves only to a better model on the same protocol
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config, setup_logging
+from pipelines.common import load_config, setup_logging, stage_parser
 from vireid.config import config_to_dict
 from vireid.io import atomic_write_json
 from vireid.tracking import (
@@ -41,8 +40,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
     parser.add_argument("--metrics", default="outputs/eval/metrics.json", help="evaluation metrics")
     parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",

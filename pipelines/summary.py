@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config
+from pipelines.common import load_config, stage_parser
 from vireid.tracking import resolve_target
 
 
@@ -19,8 +18,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--outputs", default="outputs", help="the pipeline's output directory")
     args = parser.parse_args(argv)
     cfg = load_config(args.params)

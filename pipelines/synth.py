@@ -6,18 +6,16 @@ The tree is built under a temporary name and renamed into place (atomic).
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from pipelines.common import load_config, setup_logging
+from pipelines.common import load_config, setup_logging, stage_parser
 from vireid.data.synthetic import generate_regdb, generate_sysu
 
 log = logging.getLogger("pipelines.synth")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     args = parser.parse_args(argv)
     setup_logging()
     data = load_config(args.params).data

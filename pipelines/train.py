@@ -16,12 +16,11 @@ import os
 # included, to every worker. Must be set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging  # noqa: E402
+from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
 from vireid.config import config_to_dict  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.io import atomic_write_json  # noqa: E402
@@ -39,8 +38,7 @@ log = logging.getLogger("pipelines.train")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/train", help="output directory")
     parser.add_argument("--storage", default="ray_results/train",

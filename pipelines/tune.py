@@ -21,12 +21,11 @@ import os
 # every worker. Must be set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging  # noqa: E402
+from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
 from vireid.tracking import resolve_target  # noqa: E402
 from vireid.tuning import run_search  # noqa: E402
 
@@ -34,8 +33,7 @@ log = logging.getLogger("pipelines.tune")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/tune", help="output directory")
     parser.add_argument("--storage", default=os.environ.get("VIREID_RAY_STORAGE") or "ray_results/tune",
