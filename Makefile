@@ -40,4 +40,4 @@ bench: setup
 	$(UV) run --frozen python bench/run_all.py
 
 clean:
-	rm -rf data/raw data/shards outputs mlruns
+	rm -rf data/raw data/shards outputs mlruns ray_results
