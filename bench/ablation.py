@@ -25,10 +25,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.evaluate import evaluate  # noqa: E402
+from pipelines.evaluate import evaluate, samples_of  # noqa: E402
 from vireid.config import Config, config_from_dict, replace  # noqa: E402
 from vireid.data.prepare import prepare  # noqa: E402
+from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.data.synthetic import generate_sysu  # noqa: E402
+from vireid.evaluation.sysu import sysu_protocol  # noqa: E402
 from vireid.training.loop import Trainer  # noqa: E402
 
 CONFIGS: dict[str, dict[str, dict[str, object]]] = {
@@ -52,6 +54,25 @@ def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict
     metrics = evaluate(cfg, model_path, shards, work / "eval", device)
     key = cfg.eval.headline.rsplit("/", 1)[0]
     return {m: float(metrics[f"{key}/{m}"]) for m in METRICS}
+
+
+def chance_level(cfg: Config, shards: Path, draws: int = 20) -> dict[str, float]:
+    """The headline protocol's means on random unit embeddings (the chance level), percent,
+    averaged over ``draws`` draws."""
+    mode, shot = cfg.eval.headline.split("/")[1:3]
+    tables = ShardSet(shards)
+    q, g = tables.table("query"), tables.table("gallery")
+    query, pool = samples_of(q, "query"), samples_of(g, "gallery")
+    rng = np.random.default_rng(0)
+    sums = dict.fromkeys(METRICS, 0.0)
+    for _ in range(draws):
+        f = rng.standard_normal((len(q) + len(g), 64)).astype(np.float32)
+        f /= np.linalg.norm(f, axis=1, keepdims=True)
+        means, _ = sysu_protocol(query, f[:len(q)], pool, f[len(q):], mode=mode, shot=shot,
+                                 trials=cfg.eval.trials).mean_std()
+        for m in METRICS:
+            sums[m] += 100.0 * means[m] / draws
+    return sums
 
 
 def main() -> None:
@@ -80,6 +101,8 @@ def main() -> None:
         generate_sysu(root / "SYSU-MM01", base.data.synth)
         data_cfg = replace(base, data={"root": str(root / "SYSU-MM01")}).data
         prepare(data_cfg, root / "shards")
+        chance = chance_level(base, root / "shards")
+        print(json.dumps({"config": "chance (random embeddings)", **chance}), flush=True)
         for seed in args.seeds:  # every configuration of a seed before the next seed
             for name in args.configs:
                 cfg = replace(base, train={"seed": seed}, **CONFIGS[name])  # type: ignore[arg-type]
@@ -91,7 +114,8 @@ def main() -> None:
                 if args.json:  # after every run, so a cut-off run keeps what it measured
                     Path(args.json).write_text(json.dumps(
                         {"seeds": args.seeds, "epochs": base.train.epochs, "device": str(device),
-                         "protocol": base.eval.headline, "results": results}, indent=2))
+                         "protocol": base.eval.headline, "chance": chance, "results": results},
+                        indent=2))
     head = f"| configuration | {' | '.join(METRICS)} |"
     print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
           f"{base.train.epochs} epochs, protocol {base.eval.headline.rsplit('/', 1)[0]} "
@@ -104,6 +128,7 @@ def main() -> None:
             v = np.array([r[m] for r in rows])
             cells.append(f"{v.mean():.2f} ± {v.std():.2f}")
         print(f"| {name} | {' | '.join(cells)} |")
+    print(f"| chance (random embeddings) | {' | '.join(f'{chance[m]:.2f}' for m in METRICS)} |")
 
 
 if __name__ == "__main__":
