@@ -158,6 +158,7 @@ class TrainConfig:
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: int = 1  # CPUs reserved per Ray Train worker
     loader_workers: int = 0  # DataLoader worker processes per training worker
+    augment_on_device: bool = False  # AGW augmentation as one batched op on the training device (loader workers only decode)
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     checkpoint_every: int = 1  # epochs between checkpoints
     validate_every: int = 1  # epochs between held-out validations

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vireid.config import Config, config_to_dict
+from vireid.data.batch_augment import BatchAugment
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sampler import IdentityBalancedSampler
 from vireid.data.shards import ShardSet, ShardTable
@@ -71,6 +72,8 @@ VAL_FLIP = False
 VAL_QUERY_CHUNK = 1024
 
 StepCallback = Callable[[int, dict[str, float]], None]
+# a batch augmentation on the training device: uint8 [B,3,H,W] -> float [B,3,H,W]
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,16 +134,29 @@ def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
 
 def build_train_loader(table: ShardTable, cfg: Config, rank: int = 0,
                        world_size: int = 1) -> tuple[DataLoader, IdentityBalancedSampler]:
-    """Loader over split ``train`` with the identity-balanced sampler and AGW augmentation."""
+    """Loader over split ``train`` with the identity-balanced sampler and AGW augmentation.
+
+    With ``train.augment_on_device`` the items carry the stored uint8 [3, H, W] images (the
+    workers only decode) and :func:`device_augment` is applied to each batch on the device.
+    """
     t = cfg.train
     sampler = IdentityBalancedSampler(
         table.label, table.modality, identities_per_batch=t.identities_per_batch,
         instances_per_modality=t.instances_per_modality, seed=t.seed, rank=rank,
         world_size=world_size, batches_per_epoch=t.iters_per_epoch or None)
-    dataset = ShardImageDataset(table, train_transform(cfg.data.image_height, cfg.data.image_width))
+    transform = None if t.augment_on_device else train_transform(cfg.data.image_height,
+                                                                 cfg.data.image_width)
+    dataset = ShardImageDataset(table, transform)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=t.loader_workers,
                         persistent_workers=False)
     return loader, sampler
+
+
+def device_augment(cfg: Config) -> BatchTransform | None:
+    """The batched AGW augmentation when ``train.augment_on_device`` (else None: per image)."""
+    if not cfg.train.augment_on_device:
+        return None
+    return BatchAugment(size=(cfg.data.image_height, cfg.data.image_width))
 
 
 def _distributed() -> bool:
@@ -187,9 +203,12 @@ def train_one_epoch(
     amp: bool,
     on_step: StepCallback | None = None,
     log_every: int = 10,
+    augment: BatchTransform | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: losses -> sum -> backward -> (all-reduce) -> step -> memory.
 
+    ``augment``: applied to each image batch once it is on ``device`` (the loader then
+    yields uint8 batches, see :func:`device_augment`); None: the loader's images as they are.
     bf16 autocast is used only when ``amp`` and ``device`` is a GPU. ``on_step(i, terms)``
     gets each step's loss terms (floats, incl. ``loss``). Returns the epoch means of every
     term and ``loss`` (averaged over ranks when distributed), ``steps``, ``images`` (all
@@ -203,6 +222,8 @@ def train_one_epoch(
     t0 = time.perf_counter()
     for i, batch in enumerate(loader):
         x = batch["image"].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)  # uint8 [B,3,H,W] -> float [B,3,H,W], on the device
         y = batch["label"].to(device, non_blocking=True).long()
         m = batch["modality"].to(device, non_blocking=True).long()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -324,6 +345,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.loader, self.sampler = build_train_loader(self.train_table, cfg, rank, world_size)
+        self.augment = device_augment(cfg)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best: Best | None = None
@@ -379,7 +401,7 @@ class Trainer:
         self.sampler.set_epoch(e)
         lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
         stats = train_one_epoch(self.task, self.loader, self.optimizer, epoch=e, device=self.device,
-                                amp=self.cfg.train.amp, on_step=on_step)
+                                amp=self.cfg.train.amp, on_step=on_step, augment=self.augment)
         self.scheduler.step()
         if _distributed():
             average_batchnorm_stats(self.model)

@@ -1,0 +1,61 @@
+"""train.augment_on_device: the loader ships uint8, the batch is augmented on the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from vireid.config import Config
+from vireid.data.batch_augment import BatchAugment
+from vireid.training.loop import Trainer, device_augment, run_fingerprint
+
+
+def _on_device(cfg: Config) -> Config:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, augment_on_device=True))
+
+
+def test_device_augment_epoch_trains_on_uint8_batches(tiny_shards: tuple[Path, Config]) -> None:
+    shards, base = tiny_shards
+    cfg = _on_device(base)
+    assert device_augment(base) is None
+    trainer = Trainer(cfg, shards)
+    assert isinstance(trainer.augment, BatchAugment)
+    assert trainer.fingerprint != Trainer(base, shards).fingerprint  # changes the draws: not runtime-only
+    assert trainer.fingerprint == run_fingerprint(cfg, trainer.shards.manifest)
+
+    batch = next(iter(trainer.loader))
+    h, w = cfg.data.image_height, cfg.data.image_width
+    assert batch["image"].dtype == torch.uint8 and tuple(batch["image"].shape[1:]) == (3, h, w)
+
+    seen: list[torch.Tensor] = []
+    augment = trainer.augment
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.device == trainer.device
+        out = augment(x)
+        seen.append(out)
+        return out
+
+    trainer.augment = recording
+    steps: list[dict[str, float]] = []
+    record = trainer.run_epoch(on_step=lambda i, terms: steps.append(terms))
+    assert len(steps) == cfg.train.iters_per_epoch == len(seen)
+    assert all(math.isfinite(v) for terms in steps for v in terms.values())
+    assert math.isfinite(record["loss"]) and record["epoch"] == 1
+    assert all(x.dtype == torch.float32 and tuple(x.shape[1:]) == (3, h, w) for x in seen)
+
+
+def test_device_augment_epoch_is_reproducible(tiny_shards: tuple[Path, Config]) -> None:
+    shards, base = tiny_shards
+    cfg = _on_device(base)
+    runs = []
+    for _ in range(2):
+        trainer = Trainer(cfg, shards)
+        trainer.val_table = None  # training only
+        runs.append((trainer.run_epoch()["loss"], trainer.model.state_dict()))
+    (loss_a, state_a), (loss_b, state_b) = runs
+    assert loss_a == loss_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
