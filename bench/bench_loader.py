@@ -7,6 +7,12 @@ file, converts to RGB and resizes it (what the community loader does per image, 
 Each path is measured single-process (images/s per core) and through a DataLoader with 2
 workers, and compared with the demand of the training step (``--demand`` images/s).
 
+A third path, "Arrow shards, augmentation on the device" (``train.augment_on_device``):
+the workers only decode and ship uint8 [3, H, W]; the augmentation runs as one batched op
+(:class:`vireid.data.batch_augment.BatchAugment`) on the training device. Its loader is
+measured like the others; the batched augmentation's cost is measured separately, on one
+CPU core per batch of 64 (on a GPU it runs on the device, off the loader's cores).
+
     uv run python bench/bench_loader.py --height 288 --width 144 --demand 2709
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vireid.config import DataConfig, SyntheticConfig  # noqa: E402
+from vireid.data.batch_augment import BatchAugment  # noqa: E402
 from vireid.data.loader import ShardImageDataset  # noqa: E402
 from vireid.data.prepare import collect_splits, prepare  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
@@ -65,6 +73,22 @@ def rate(dataset: Dataset[dict[str, Any]], n: int, workers: int, batch: int = 64
     return seen / (time.perf_counter() - t0)
 
 
+def augment_seconds_per_image(dataset: Dataset[dict[str, Any]], n: int, batch: int = 64,
+                              repeats: int = 8) -> float:
+    """CPU seconds per image of :class:`BatchAugment` on uint8 batches of ``batch`` decoded
+    images (mean over ``repeats`` batches, after one warm-up batch), on the current threads."""
+    images = torch.stack([dataset[i]["image"] for i in range(min(n, batch))])  # uint8 [B,3,H,W]
+    if images.shape[0] < batch:  # fewer decoded images than a batch: repeat them
+        images = images.repeat((batch + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[:batch]
+    augment = BatchAugment()
+    torch.manual_seed(0)
+    augment(images)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        augment(images)
+    return (time.perf_counter() - t0) / (repeats * batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--height", type=int, default=288)
@@ -77,6 +101,7 @@ def main() -> None:
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         root = Path(tmp) / "SYSU-MM01"
         synth = SyntheticConfig(sysu_identities=24, sysu_images_per_camera=10,
@@ -90,22 +115,42 @@ def main() -> None:
         n = min(args.images, len(table), len(paths))
         shard_ds = ShardImageDataset(table, train_transform(args.height, args.width))
         folder_ds = FolderDataset(root, paths, args.height, args.width)
+        device_ds = ShardImageDataset(table)  # decode only: uint8 [3, H, W]
         results = {}
-        for name, ds in (("shards", shard_ds), ("folder_pil", folder_ds)):
+        for name, ds in (("shards", shard_ds), ("folder_pil", folder_ds), ("shards_device", device_ds)):
             for workers in (0, 2):
                 results[f"{name}_w{workers}"] = rate(ds, n, workers)
                 print(json.dumps({"path": name, "workers": workers,
                                   "images_per_s": round(results[f'{name}_w{workers}'], 1)}), flush=True)
+        aug_s = augment_seconds_per_image(device_ds, n)
+        print(json.dumps({"path": "device_augment_cpu", "batch": 64,
+                          "us_per_image": round(aug_s * 1e6, 1),
+                          "images_per_s": round(1 / aug_s, 1)}), flush=True)
     summary = {
         "images_timed": n, "size": [args.height, args.width],
         "per_core_shards": results["shards_w0"], "per_core_folder": results["folder_pil_w0"],
         "ratio_shards_vs_folder_per_core": results["shards_w0"] / results["folder_pil_w0"],
         "ratio_shards_vs_folder_2_workers": results["shards_w2"] / results["folder_pil_w2"],
+        # augmentation on the device: the workers only decode (uint8)
+        "per_core_shards_device": results["shards_device_w0"],
+        "shards_device_2_workers": results["shards_device_w2"],
+        "ratio_shards_device_vs_shards_per_core": results["shards_device_w0"] / results["shards_w0"],
+        "ratio_shards_device_vs_shards_2_workers": results["shards_device_w2"] / results["shards_w2"],
+        "device_augment_cpu_us_per_image": aug_s * 1e6,
+        "device_augment_cpu_images_per_s": 1 / aug_s,
+        "device_augment_cpu_batch": 64,
     }
     if args.demand:
         summary["demand_images_per_s"] = args.demand
         summary["shards_2_workers_over_demand"] = results["shards_w2"] / args.demand
         summary["workers_needed_for_demand"] = args.demand / results["shards_w0"]
+        summary["shards_device_2_workers_over_demand"] = results["shards_device_w2"] / args.demand
+        summary["workers_needed_for_demand_device"] = args.demand / results["shards_device_w0"]
+    summary["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
+    print(json.dumps({"path": "shards_device", "ratio_vs_shards_per_core":
+                      round(summary["ratio_shards_device_vs_shards_per_core"], 3),
+                      "ratio_vs_shards_2_workers":
+                      round(summary["ratio_shards_device_vs_shards_2_workers"], 3)}), flush=True)
     print(json.dumps({"summary": summary}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "summary": summary}, indent=2))
