@@ -49,11 +49,14 @@ def test_device_augment_epoch_trains_on_uint8_batches(tiny_shards: tuple[Path, C
 
 
 def test_device_augment_epoch_is_reproducible(tiny_shards: tuple[Path, Config]) -> None:
+    """Same seed, same epoch; the draws come from the main process, so whether workers
+    decode (loader_workers 0 or 1) does not change them."""
     shards, base = tiny_shards
     cfg = _on_device(base)
     runs = []
-    for _ in range(2):
-        trainer = Trainer(cfg, shards)
+    for workers in (0, 1):
+        trainer = Trainer(dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, loader_workers=workers)), shards)
         trainer.val_table = None  # training only
         runs.append((trainer.run_epoch()["loss"], trainer.model.state_dict()))
     (loss_a, state_a), (loss_b, state_b) = runs
