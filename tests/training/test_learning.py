@@ -18,9 +18,8 @@ from vireid.config import Config, SyntheticConfig, config_from_dict, config_to_d
 from vireid.data.prepare import prepare
 from vireid.data.shards import ShardTable
 from vireid.data.synthetic import generate_sysu
-from vireid.evaluation.extract import extract_features
 from vireid.evaluation.metrics import evaluate_features
-from vireid.training.loop import Trainer, _eval_batches
+from vireid.training.loop import Trainer, validate
 
 # 40 identities: 8 test, 8 held out (unseen in training), 24 trained on; 3 images per camera
 SYNTH = SyntheticConfig(seed=0, sysu_identities=40, sysu_images_per_camera=3, sysu_val_fraction=0.05,
@@ -41,16 +40,17 @@ def learning_config(root: Path) -> Config:
 
 
 def cross_modality_map(table: ShardTable, features: np.ndarray) -> float:
-    """mAP of infrared queries against the visible gallery of ``table`` (every image)."""
+    """mAP of infrared queries against the visible gallery of ``table`` (every image): the
+    protocol of :func:`validate` (``val_mAP``), here for given features."""
     vis, ir = np.flatnonzero(table.modality == 0), np.flatnonzero(table.modality == 1)
     return evaluate_features(features[ir], features[vis], table.identity[ir], table.identity[vis],
                              table.camera[ir], table.camera[vis], sysu_removal=False,
                              unique_ids_cmc=False).summary()["mAP"]
 
 
-def model_features(trainer: Trainer, table: ShardTable) -> np.ndarray:
-    rows = np.arange(len(table))
-    return extract_features(trainer.model, _eval_batches(table, trainer.cfg, rows), "cpu", False)
+def model_map(trainer: Trainer, table: ShardTable) -> float:
+    """The model's :func:`cross_modality_map` on ``table``, through the loop's own validation."""
+    return validate(trainer.model, table, trainer.cfg, trainer.device)["val_mAP"]
 
 
 def chance(table: ShardTable, draws: int = 20) -> tuple[float, float]:
@@ -69,7 +69,7 @@ def test_short_cpu_run_lowers_loss_and_lifts_cross_modality_map_above_chance(tmp
     trainer = Trainer(cfg, prepare(cfg.data, tmp_path / "shards"))
     train, val = trainer.train_table, trainer.val_table
     assert val is not None and len(np.unique(val.identity)) == 8
-    train_before = cross_modality_map(train, model_features(trainer, train))
+    train_before = model_map(trainer, train)
     train_chance, _ = chance(train)
     val_chance, val_chance_max = chance(val)
 
@@ -78,7 +78,7 @@ def test_short_cpu_run_lowers_loss_and_lifts_cross_modality_map_above_chance(tmp
     losses = [r["loss"] for r in history]
     assert all(np.isfinite(losses)) and losses[-1] < 0.3 * losses[0], losses
     # the training identities: an infrared image now finds its identity's visible images
-    train_after = cross_modality_map(train, model_features(trainer, train))
+    train_after = model_map(trainer, train)
     assert train_after > 3 * train_chance and train_after > 3 * train_before, (
         train_after, train_chance, train_before)
     # identities never trained on: the selected epoch (best val_mAP) beats every random draw
