@@ -2,11 +2,11 @@
 
 from vireid.modeling.backbone import PretrainedWeightsError, TwoStreamResNet, load_pretrained_state
 from vireid.modeling.export import (
-    EmbedModule,
+    Embedder,
     ExportError,
-    export_torchscript,
-    load_torchscript,
-    save_torchscript,
+    export_program,
+    load_program,
+    save_program,
     verify_export,
 )
 from vireid.modeling.fusion import fuse_pairs, self_owned_attention
@@ -16,7 +16,7 @@ from vireid.modeling.task import ReIDTask, TaskState, all_gather_rows, check_bat
 
 __all__ = [
     "BNNeck",
-    "EmbedModule",
+    "Embedder",
     "ExportError",
     "GeM",
     "MultiViewMemory",
@@ -27,11 +27,11 @@ __all__ = [
     "VIReIDModel",
     "all_gather_rows",
     "check_batch_layout",
-    "export_torchscript",
+    "export_program",
     "fuse_pairs",
     "load_pretrained_state",
-    "load_torchscript",
-    "save_torchscript",
+    "load_program",
+    "save_program",
     "self_owned_attention",
     "verify_export",
 ]

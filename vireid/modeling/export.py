@@ -1,60 +1,106 @@
-"""TorchScript export of the inference path (``VIReIDModel.embed``)."""
+"""``torch.export`` of the inference path (``VIReIDModel.embed``): the one inference wrapper.
+
+The model's own two-stream backbone routes samples with ``nonzero`` (data-dependent
+shapes, which ``torch.export`` cannot trace); :class:`Embedder` runs both stems on the whole
+batch and picks per sample with ``torch.where``: the same values in eval mode, with a
+dynamic batch size.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.export import Dim, ExportedProgram
 
 from vireid.modeling.model import VIReIDModel
+
+ExportedModule = Callable[[Tensor, Tensor], Tensor]  # module(images, modality) -> [B,d]
 
 
 class ExportError(RuntimeError):
     """The exported module does not reproduce the model's embeddings."""
 
 
-class EmbedModule(nn.Module):
-    """Inference path only: two-stream backbone, GeM, BNNeck, L2 normalisation."""
+class Embedder(nn.Module):
+    """``forward(images [B,3,H,W] float, modality [B] long) -> [B,d]`` L2-normalised
+    embedding, equal to ``VIReIDModel.embed`` in eval mode; ``torch.export``-able."""
 
     def __init__(self, model: VIReIDModel) -> None:
         super().__init__()
-        self.backbone = model.backbone
+        backbone = model.backbone
+        self.stems = backbone.stems  # [visible, infrared]
+        self.body = nn.Sequential(backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
         self.pool = model.pool
         self.bnneck = model.bnneck
 
-    def forward(self, x: Tensor, modality: Tensor) -> Tensor:
-        # x [B,3,H,W], modality [B] long -> L2-normalised g [B,d]
-        g = self.bnneck(self.pool(self.backbone(x, modality)))
-        return F.normalize(g, dim=1)
+    def forward(self, images: Tensor, modality: Tensor) -> Tensor:
+        # images [B,3,H,W], modality [B] long in {0,1} -> L2-normalised g [B,d]
+        torch._assert_async(((modality == 0) | (modality == 1)).all(),
+                            "modality codes must be 0 (visible) or 1 (infrared)")
+        infrared = (modality == 1).view(-1, 1, 1, 1)  # [B,1,1,1]
+        y = torch.where(infrared, self.stems[1](images), self.stems[0](images))  # [B,64,H/4,W/4]
+        return F.normalize(self.bnneck(self.pool(self.body(y))), dim=1)  # [B,d]
 
 
-def export_torchscript(model: VIReIDModel) -> torch.jit.ScriptModule:
-    """Script the inference path of an eval-mode copy of ``model`` (classifiers and memory dropped)."""
-    embed = EmbedModule(copy.deepcopy(model).cpu().eval()).eval()
-    return torch.jit.script(embed)
+def export_program(model: VIReIDModel, example: tuple[Tensor, Tensor]) -> ExportedProgram:
+    """``torch.export`` the inference path of an eval-mode CPU copy of ``model`` (classifiers
+    and memory dropped) with a dynamic batch dimension.
+
+    ``example``: ``(images [B,3,H,W], modality [B])`` with ``B >= 2`` (``torch.export``
+    specialises a batch of 1 to a constant); the image size is fixed to the example's.
+    """
+    images, modality = (t.detach().cpu() for t in example)
+    if images.dim() != 4 or modality.shape != images.shape[:1]:
+        raise ValueError(f"example: expected images [B,3,H,W] and modality [B], got "
+                         f"{tuple(images.shape)} and {tuple(modality.shape)}")
+    if images.shape[0] < 2:
+        raise ValueError("example: a batch of at least 2 is needed (torch.export specialises batch 1)")
+    embedder = Embedder(copy.deepcopy(model).cpu().eval()).eval()
+    batch = Dim("batch")
+    return torch.export.export(embedder, (images, modality.long()),
+                               dynamic_shapes={"images": {0: batch}, "modality": {0: batch}})
 
 
-def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> Path:
-    """Write ``scripted`` to ``path`` (parent directories created)."""
+def save_program(program: ExportedProgram, path: str | Path) -> Path:
+    """Write ``program`` to ``path`` atomically (a temporary file in the same directory,
+    then ``os.replace``; parent directories created); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(path))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same directory: same filesystem
+    try:
+        with open(tmp, "xb") as f:
+            torch.export.save(program, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
-def load_torchscript(path: str | Path, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """Load a module written by :func:`save_torchscript`."""
-    return torch.jit.load(str(path), map_location=map_location)
+def load_program(path: str | Path) -> nn.Module:
+    """Load a program written by :func:`save_program` -> CPU ``module(images, modality) -> [B,d]``."""
+    return torch.export.load(path).module()
 
 
 @torch.no_grad()
-def verify_export(model: VIReIDModel, scripted: torch.jit.ScriptModule, example: tuple[Tensor, Tensor],
-                  atol: float = 1e-4) -> float:
-    """Check ``scripted(x, modality)`` equals ``model.embed(x, modality)`` (eval mode) within
-    ``atol``; return the largest absolute difference, raise :class:`ExportError` otherwise."""
+def verify_export(model: VIReIDModel, exported: ExportedProgram | ExportedModule,
+                  example: tuple[Tensor, Tensor], atol: float = 1e-4) -> float:
+    """Check ``exported(x, modality)`` equals ``model.embed(x, modality)`` (eval mode) within
+    ``atol``; return the largest absolute difference, raise :class:`ExportError` otherwise.
+
+    ``exported``: an :class:`ExportedProgram` or a module from :func:`load_program`.
+    """
     x, modality = example
     was_training = model.training
     model.eval()
@@ -63,8 +109,10 @@ def verify_export(model: VIReIDModel, scripted: torch.jit.ScriptModule, example:
         expected = model.embed(x.to(model_device), modality.to(model_device))
     finally:
         model.train(was_training)
-    device = next(scripted.parameters()).device
-    got = scripted(x.to(device), modality.to(device)).to(expected.device)
+    module = exported.module() if isinstance(exported, ExportedProgram) else exported
+    param = next(module.parameters(), None) if isinstance(module, nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    got = module(x.to(device), modality.to(device)).to(expected.device)
     if got.shape != expected.shape:
         raise ExportError(f"exported embedding has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
     diff = float((got.float() - expected.float()).abs().max())

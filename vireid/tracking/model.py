@@ -12,10 +12,9 @@ the model is logged as ``pt2``: no pickled code, no need for vireid on the loadi
 ``mlflow.pytorch.load_model("models:/vireid@champion")`` returns a module called as
 ``module(images, modality)``. (``pt2`` models with several inputs get no pyfunc flavour.)
 
-The model's own two-stream backbone routes samples with ``nonzero`` (data-dependent
-shapes, which ``torch.export`` cannot trace); :class:`Embedder` runs both stems on the whole
-batch and picks per sample with ``torch.where``: the same values in eval mode, with a
-dynamic batch size.
+The logged module is :class:`vireid.modeling.export.Embedder` (the inference path of
+``VIReIDModel``, ``torch.export``-able with a dynamic batch size); MLflow runs
+``torch.export`` on it from the signature and the input example.
 """
 
 from __future__ import annotations
@@ -27,33 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from vireid.modeling.export import Embedder
 from vireid.tracking.store import TrackingError, use_tracking_uri
 
 MODEL_ARTIFACT = "model"  # name of the logged model
 INPUT_NAMES = ("images", "modality")
-
-
-class Embedder(nn.Module):
-    """``forward(images [B,3,H,W] float, modality [B] long) -> [B,d]`` L2-normalised
-    embedding, equal to ``VIReIDModel.embed`` in eval mode; ``torch.export``-able."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        backbone = model.backbone
-        self.stems = backbone.stems  # [visible, infrared]
-        self.body = nn.Sequential(backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
-        self.pool = model.pool
-        self.bnneck = model.bnneck
-
-    def forward(self, images: Tensor, modality: Tensor) -> Tensor:
-        torch._assert_async(((modality == 0) | (modality == 1)).all(),
-                            "modality codes must be 0 (visible) or 1 (infrared)")
-        infrared = (modality == 1).view(-1, 1, 1, 1)
-        y = torch.where(infrared, self.stems[1](images), self.stems[0](images))  # [B,64,H/4,W/4]
-        return F.normalize(self.bnneck(self.pool(self.body(y))), dim=1)
 
 
 def pip_requirements() -> list[str]:
