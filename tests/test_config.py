@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vireid.config import Config, ConfigError, config_from_dict, config_to_dict, replace
+from vireid.config import Config, ConfigError, DataConfig, config_from_dict, config_to_dict, replace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,6 +29,7 @@ def test_repository_params_yaml_is_valid() -> None:
         ({"loss": {"temperature": -1.0}}, "loss.temperature"),
         ({"data": {"image_height": 100}}, "data.image_height"),
         ({"data": {"image_width": 36}}, "data.image_width"),
+        ({"data": {"shard_encoding": "png"}}, "data.shard_encoding"),
         ({"model": {"memry_size": 4}}, "model.memry_size"),
         ({"data": {"synth": {"sed": 1}}}, "data.synth.sed"),
         ({"data": {"synth": {"sysu_val_fraction": 0.0}}}, "data.synth.sysu_val_fraction"),
@@ -45,6 +46,16 @@ def test_bad_values_name_the_key(params: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_dict(params)
     assert str(err.value).startswith(key + ":")
+
+
+def test_shard_encoding_values() -> None:
+    assert Config().data.shard_encoding == "jpeg"
+    assert config_from_dict({"data": {"shard_encoding": "raw"}}).data.shard_encoding == "raw"
+    for build in (lambda: config_from_dict({"data": {"shard_encoding": "PNG"}}),
+                  lambda: DataConfig(shard_encoding="PNG")):  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as err:
+            build()
+        assert str(err.value) == "data.shard_encoding: must be one of ['jpeg', 'raw'], got 'PNG'"
 
 
 def test_replace_revalidates() -> None:
