@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 from vireid.config import DataConfig
 from vireid.data.errors import DatasetError
 from vireid.data.prepare import collect_splits, prepare
-from vireid.data.shards import ShardSet, sha256_file
+from vireid.data.shards import FORMAT, ShardSet, decode_jpeg, sha256_file
 
 H, W = 32, 16
 
@@ -112,3 +113,93 @@ def test_failed_prepare_keeps_previous_shards(tiny_sysu: Path, tmp_path: Path) -
         ShardSet(out).verify()
     with pytest.raises(DatasetError, match="manifest.json: no shard manifest"):
         ShardSet(tmp_path)
+
+
+def _resized(root: Path, rel: str) -> np.ndarray:
+    """The source image as prepare resizes it, before any encoding: uint8 [H, W, 3]."""
+    with Image.open(root / rel) as im:
+        return np.asarray(im.convert("RGB").resize((W, H), Image.Resampling.LANCZOS))
+
+
+def test_raw_shards_hold_the_resized_pixels(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    jpeg = ShardSet(prepare(_cfg(tiny_sysu_master, shard_rows=20), tmp_path / "jpeg"))
+    raw = ShardSet(prepare(_cfg(tiny_sysu_master, shard_rows=20, shard_encoding="raw"), tmp_path / "raw"))
+    m = raw.manifest
+    assert (m["format"], m["image_encoding"], m["image_height"], m["image_width"]) == (FORMAT, "raw", H, W)
+    assert m["jpeg_quality"] is None and jpeg.manifest["image_encoding"] == "jpeg"
+    assert (raw.encoding, raw.image_size, jpeg.encoding) == ("raw", (H, W), "jpeg")
+    assert [s["rows"] for s in m["splits"]["train"]["shards"]] == [20, 16]  # rows in both files
+    for split, rows in (("train", (0, 19, 20, 35)), ("query", (0, 5)), ("gallery", (1, 30))):
+        t, tj = raw.table(split), jpeg.table(split)
+        for i in rows:
+            img = t.image(i)
+            assert img.dtype == torch.uint8 and tuple(img.shape) == (3, H, W) and img.is_contiguous()
+            src = _resized(tiny_sysu_master, t.path[i])  # [H, W, 3]
+            np.testing.assert_array_equal(img.numpy(), src.transpose(2, 0, 1))  # exactly, channel planes
+            assert t.image_bytes(i) == src.transpose(2, 0, 1).tobytes()
+            # the JPEG path encodes the same resized image: within JPEG tolerance of it, and
+            # exactly what JPEG-encoding the raw pixels at the same quality decodes to
+            assert np.abs(tj.image(i).numpy().astype(float) - img.numpy()).mean() < 10.0
+            buf = io.BytesIO()
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=95)
+            assert torch.equal(tj.image(i), decode_jpeg(buf.getvalue()))
+    # the data hash, and with it the training run's fingerprint, differ between encodings
+    assert m["sha256_total"] != jpeg.manifest["sha256_total"]
+    from vireid.config import Config
+    from vireid.training.loop import run_fingerprint
+
+    assert run_fingerprint(Config(), m) != run_fingerprint(Config(), jpeg.manifest)
+    raw.verify()
+
+
+def test_raw_table_view_pickles_and_never_writes_the_file(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    ss = ShardSet(prepare(_cfg(tiny_sysu_master, shard_rows=20, shard_encoding="raw"), tmp_path / "raw"))
+    t = ss.table("train")
+    t2 = pickle.loads(pickle.dumps(t))
+    assert (t2.encoding, t2.image_size) == ("raw", (H, W))
+    assert all(torch.equal(t2.image(i), t.image(i)) for i in range(len(t)))
+    expected = t.image(21).clone()
+    t.image(21).zero_()  # a writable view: copy-on-write, the file keeps its bytes
+    ss.verify()
+    assert torch.equal(ss.table("train").image(21), expected)
+    with pytest.raises(IndexError):
+        t.image(len(t))
+
+
+def _edit_manifest(out: Path, **changes: object) -> Path:
+    manifest = out / "manifest.json"
+    m = json.loads(manifest.read_text())
+    for k, v in changes.items():
+        if v is None:
+            m.pop(k)
+        else:
+            m[k] = v
+    manifest.write_text(json.dumps(m))
+    return manifest
+
+
+def test_unknown_encoding_or_format_is_refused(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    out = prepare(_cfg(tiny_sysu_master, shard_encoding="raw"), tmp_path / "raw")
+    manifest = _edit_manifest(out, image_encoding="png")
+    with pytest.raises(DatasetError) as err:
+        ShardSet(out)
+    assert str(err.value).startswith(f"{manifest}: unknown image encoding 'png' in key 'image_encoding'")
+    assert "jpeg, raw" in str(err.value)
+    _edit_manifest(out, image_encoding=None)  # format /2 without the key: refused too
+    with pytest.raises(DatasetError, match=r"manifest.json: unknown image encoding None in key 'image_encoding'"):
+        ShardSet(out)
+    _edit_manifest(out, image_encoding="raw", format="vireid-shards/9")
+    with pytest.raises(DatasetError, match=r"manifest.json: unknown shard format 'vireid-shards/9' in key 'format'"):
+        ShardSet(out)
+    # raw rows of another size than the manifest says: the table names the shard file
+    _edit_manifest(out, format=FORMAT, image_height=H // 2)
+    with pytest.raises(DatasetError, match=r"part-00000.arrow: raw image of 1536 bytes, expected 3\*16\*16 = 768"):
+        ShardSet(out).table("train")
+
+
+def test_format_1_manifest_reads_as_jpeg(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    out = prepare(_cfg(tiny_sysu_master), tmp_path / "jpeg")
+    expected = ShardSet(out).table("query").image(3)
+    _edit_manifest(out, format="vireid-shards/1", image_encoding=None)  # as written before the key
+    ss = ShardSet(out)
+    assert ss.encoding == "jpeg" and torch.equal(ss.table("query").image(3), expected)

@@ -81,3 +81,23 @@ def test_dataset_items_and_balanced_batch(tiny_sysu_master: Path, tmp_path: Path
     assert tuple(batch["image"].shape) == (8, 3, H, W)
     np.testing.assert_array_equal(batch["modality"].numpy(), [0] * 4 + [1] * 4)
     np.testing.assert_array_equal(batch["label"][:4].numpy(), batch["label"][4:].numpy())
+
+
+def test_raw_shards_same_batches_with_0_and_2_loader_workers(tiny_sysu_master: Path, tmp_path: Path) -> None:
+    """Raw shards through DataLoader workers: the decode is a view of the mapped file, the
+    batches are the stored pixels, identical in-process and from 2 worker processes."""
+    cfg = DataConfig(root=str(tiny_sysu_master), image_height=H, image_width=W, holdout_identities=0,
+                     shard_rows=20, shard_encoding="raw")
+    table = ShardSet(prepare(cfg, tmp_path / "shards")).table("train")
+    batches = {}
+    for workers in (0, 2):
+        sampler = IdentityBalancedSampler(table.label, table.modality, 2, 2, seed=0)
+        loader = DataLoader(ShardImageDataset(table), batch_sampler=sampler, num_workers=workers)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == len(batches[2]) > 1
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert a["image"].dtype == torch.uint8 and tuple(a["image"].shape) == (8, 3, H, W)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["index"], b["index"])
+        expected = torch.stack([table.image(int(i)) for i in a["index"]])
+        assert torch.equal(a["image"], expected)
+        assert torch.equal(a["label"], torch.as_tensor(table.label[a["index"].numpy()]))

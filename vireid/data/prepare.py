@@ -37,6 +37,6 @@ def prepare(cfg: DataConfig, out_dir: str | os.PathLike[str], log_every: int = 1
     splits, extra = collect_splits(cfg)
     return write_shards(
         out_dir, cfg.root, splits, dataset=cfg.dataset, image_size=(cfg.image_height, cfg.image_width),
-        jpeg_quality=cfg.jpeg_quality, shard_rows=cfg.shard_rows,
+        jpeg_quality=cfg.jpeg_quality, encoding=cfg.shard_encoding, shard_rows=cfg.shard_rows,
         regdb_trial=cfg.regdb_trial if cfg.dataset == "regdb" else None, extra=extra, log_every=log_every,
     )

@@ -5,16 +5,31 @@ Layout of a shard directory::
     <out>/manifest.json
     <out>/<split>/part-00000.arrow, part-00001.arrow, ...   (split: train, val, query, gallery)
 
-Columns: ``image`` (binary: JPEG at the prepared size), ``path`` (relative to the raw
-root), ``identity`` (the dataset's identity number), ``label``, ``camera``, ``modality``
-(0 visible, 1 infrared), ``split``.
+Columns: ``image`` (binary: the image at the prepared size, encoded per the manifest's
+``image_encoding``), ``path`` (relative to the raw root), ``identity`` (the dataset's
+identity number), ``label``, ``camera``, ``modality`` (0 visible, 1 infrared), ``split``.
+
+Image encodings (``data.shard_encoding``; manifest keys ``image_encoding``,
+``image_height``, ``image_width``):
+
+- ``jpeg``: JPEG of the resized RGB image (``jpeg_quality``), about 10 KB at 288x144;
+  :meth:`ShardTable.image` decodes it.
+- ``raw``: the resized RGB pixels themselves, uint8 in [3, H, W] C order (channel planes
+  R, G, B; ``3*H*W`` bytes per row, 124 KB at 288x144); :meth:`ShardTable.image` is a
+  zero-copy view of the memory-mapped shard file. The mapping is copy-on-write: an
+  in-place write to that tensor never reaches the file, but later reads of the same row
+  in the same process see it (treat images as read-only; transforms and collate do).
+
+Format ``vireid-shards/2`` carries ``image_encoding``; ``vireid-shards/1`` (written before
+the key existed) is JPEG. A reader refuses a manifest whose ``format`` or
+``image_encoding`` it does not know.
 
 Label convention: in split ``train``, ``label`` is the training label 0..C-1 of the train
 :class:`IdentityMap` (stored in the manifest); in every other split (``val``, ``query``,
 ``gallery``) ``label`` is -1: those identities are not classifier rows, and evaluation
 uses ``identity``.
 
-Writing streams: one image is decoded, resized and re-encoded at a time and rows go out in
+Writing streams: one image is decoded, resized and encoded at a time and rows go out in
 record batches of at most ``batch_rows``, so peak memory does not grow with the dataset.
 The whole directory is built under a temporary name (:func:`vireid.io.atomic_directory`):
 a failure (e.g. a corrupt image, reported as :class:`DatasetError`) leaves no shard set.
@@ -25,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import mmap
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +59,9 @@ from vireid.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vireid-shards/1"
+FORMAT = "vireid-shards/2"  # the manifest names its image encoding (key ``image_encoding``)
+READABLE_FORMATS: tuple[str, ...] = ("vireid-shards/1", FORMAT)  # /1: JPEG, no encoding key
+ENCODINGS: tuple[str, ...] = ("jpeg", "raw")
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "query", "gallery", "test")
 SCHEMA = pa.schema([
     ("image", pa.binary()),
@@ -58,8 +76,8 @@ LABEL_CONVENTION = ("train: label = train IdentityMap label 0..C-1; val/query/ga
                     "(use identity)")
 
 
-def load_image(root: Path, sample: Sample, size: tuple[int, int], quality: int) -> bytes:
-    """Decode ``root/sample.path``, convert to RGB, resize to (H, W), re-encode as JPEG.
+def resized_image(root: Path, sample: Sample, size: tuple[int, int]) -> Image.Image:
+    """Decode ``root/sample.path``, convert to RGB and resize to (H, W): the image a shard stores.
 
     Raises :class:`DatasetError` naming the file when it is missing, empty or not a
     decodable image.
@@ -80,9 +98,24 @@ def load_image(root: Path, sample: Sample, size: tuple[int, int], quality: int) 
     h, w = size
     if rgb.size != (w, h):
         rgb = rgb.resize((w, h), Image.Resampling.LANCZOS)  # AGW's preprocessing filter
-    buf = io.BytesIO()
-    rgb.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return rgb
+
+
+def encode_image(rgb: Image.Image, encoding: str = "jpeg", quality: int = 95) -> bytes:
+    """The ``image`` cell of an RGB image: JPEG bytes, or raw uint8 pixels in [3, H, W] C order."""
+    if encoding == "jpeg":
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=quality)
+        return buf.getvalue()
+    if encoding == "raw":
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).tobytes()  # [H,W,3] -> [3,H,W], C order
+    raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+
+
+def load_image(root: Path, sample: Sample, size: tuple[int, int], quality: int,
+               encoding: str = "jpeg") -> bytes:
+    """:func:`resized_image` then :func:`encode_image`: the stored bytes of one sample."""
+    return encode_image(resized_image(root, sample, size), encoding, quality)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -161,6 +194,7 @@ def write_shards(
     dataset: str,
     image_size: tuple[int, int],
     jpeg_quality: int = 95,
+    encoding: str = "jpeg",
     shard_rows: int = 1024,
     regdb_trial: int | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -169,9 +203,12 @@ def write_shards(
 ) -> Path:
     """Prepare ``splits`` (name -> samples of the raw tree at ``root``) into ``out_dir``.
 
-    ``image_size`` is (H, W). Empty splits are not written (and not in ``split_names``).
+    ``image_size`` is (H, W); ``encoding`` is ``jpeg`` (at ``jpeg_quality``) or ``raw``.
+    Empty splits are not written (and not in ``split_names``).
     Returns ``out_dir``. See the module docstring for the layout and label convention.
     """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
     root = Path(root)
     out_dir = Path(out_dir)
     train_map = IdentityMap.from_samples(splits.get("train", ()))
@@ -180,7 +217,8 @@ def write_shards(
     done, t0 = 0, time.perf_counter()
     manifest: dict[str, Any] = {
         "format": FORMAT, "dataset": dataset, "source_root": str(root), "regdb_trial": regdb_trial,
-        "image_height": image_size[0], "image_width": image_size[1], "jpeg_quality": jpeg_quality,
+        "image_encoding": encoding, "image_height": image_size[0], "image_width": image_size[1],
+        "jpeg_quality": jpeg_quality if encoding == "jpeg" else None,
         "shard_rows": shard_rows, "label_convention": LABEL_CONVENTION,
         "identity_maps": {"train": train_map.to_dict()}, "splits": {}, "extra": dict(extra or {}),
     }
@@ -193,7 +231,7 @@ def write_shards(
                     if s.split != name:
                         raise ValueError(f"sample {s.path} has split {s.split!r}, written under {name!r}")
                     writer.add({
-                        "image": load_image(root, s, image_size, jpeg_quality), "path": s.path,
+                        "image": load_image(root, s, image_size, jpeg_quality, encoding), "path": s.path,
                         "identity": s.identity, "camera": s.camera, "modality": s.modality.code,
                         "label": train_map.label(s.identity) if name == "train" else -1, "split": name,
                     })
@@ -233,18 +271,35 @@ def decode_jpeg(data: bytes) -> torch.Tensor:
 class ShardTable:
     """One split: metadata columns as numpy arrays, images decoded on demand.
 
-    Shard files are memory-mapped (``pyarrow.memory_map``), so opening a table reads only
-    the metadata columns. A table pickles as its file list and reopens lazily, so it can be
-    handed to DataLoader worker processes.
+    Shard files are memory-mapped, so opening a table reads only the metadata columns. The
+    mapping is copy-on-write (``mmap.ACCESS_COPY``): a raw image is returned as a writable
+    view of it (no copy, no decode), and writing to that tensor changes only this process's
+    pages, never the file. A table pickles as its file list, encoding and image size and
+    reopens lazily, so it can be handed to DataLoader worker processes.
+
+    ``encoding``: ``jpeg`` or ``raw`` (see the module docstring); ``image_size`` (H, W) is
+    required for ``raw`` and every row is checked to hold ``3*H*W`` bytes.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]]) -> None:
+    def __init__(self, files: Sequence[str | os.PathLike[str]], encoding: str = "jpeg",
+                 image_size: tuple[int, int] | None = None) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+        if encoding == "raw" and image_size is None:
+            raise ValueError("raw shards need image_size (H, W)")
         self.files = [Path(f) for f in files]
-        self._images: list[pa.ChunkedArray] | None = None
+        self.encoding = encoding
+        self.image_size: tuple[int, int] | None = None if image_size is None else (
+            int(image_size[0]), int(image_size[1]))
         self._open()
 
     def _open(self) -> None:
-        tables = [pa.ipc.open_file(pa.memory_map(str(f), "r")).read_all() for f in self.files]
+        tables, self._pixels = [], []  # per file: its Arrow table, its bytes (uint8 [file size])
+        for f in self.files:
+            with open(f, "rb") as fh:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private, writable
+            tables.append(pa.ipc.open_file(pa.py_buffer(mapped)).read_all())  # zero-copy over it
+            self._pixels.append(np.frombuffer(mapped, dtype=np.uint8))  # writable view, no copy
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         self.path: np.ndarray = np.asarray(table.column("path").to_pylist(), dtype=object)  # [N] str
         self.identity: np.ndarray = table.column("identity").to_numpy().astype(np.int64)  # [N]
@@ -254,31 +309,83 @@ class ShardTable:
         images = table.column("image")
         self._chunks = images.chunks
         self._starts = np.cumsum([0] + [len(c) for c in self._chunks])  # [n_chunks + 1]
+        if self.encoding == "raw":
+            self._row_file, self._row_start = self._raw_rows(tables)  # [N] int64 each
+
+    def _raw_rows(self, tables: Sequence[pa.Table]) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: index of its file and byte offset of its pixels in that file.
+
+        Raises :class:`DatasetError` naming the file when a row is null or does not hold
+        exactly ``3*H*W`` bytes (a shard of another size or encoding).
+        """
+        assert self.image_size is not None
+        h, w = self.image_size
+        nbytes = 3 * h * w
+        files, starts = [], []
+        for k, (f, table) in enumerate(zip(self.files, tables, strict=True)):
+            base = self._pixels[k].ctypes.data  # address of the file's first byte
+            for chunk in table.column("image").chunks:
+                if len(chunk) == 0:
+                    continue
+                if chunk.null_count:
+                    raise DatasetError(f, "raw shard has null images")
+                offsets_buf, data_buf = chunk.buffers()[1:3]
+                if not base <= data_buf.address <= base + len(self._pixels[k]) - data_buf.size:
+                    raise DatasetError(f, "raw pixels are not in the mapped file (Arrow copied them)")
+                offsets = np.frombuffer(offsets_buf, dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+                sizes = np.diff(offsets)  # [rows]
+                if (sizes != nbytes).any():
+                    bad = int(sizes[sizes != nbytes][0])
+                    raise DatasetError(f, f"raw image of {bad} bytes, expected 3*{h}*{w} = {nbytes} "
+                                          "(image_height/image_width of the manifest)")
+                files.append(np.full(len(chunk), k, dtype=np.int64))
+                starts.append(data_buf.address - base + offsets[:-1].astype(np.int64))
+        if not files:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(files), np.concatenate(starts)
 
     def __len__(self) -> int:
         return len(self.path)
 
-    def image_bytes(self, i: int) -> bytes:
-        """The stored JPEG of row ``i``."""
+    def _check_row(self, i: int) -> None:
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range 0..{len(self) - 1}")
+
+    def image_bytes(self, i: int) -> bytes:
+        """The stored ``image`` cell of row ``i`` (JPEG, or the raw pixels; a copy)."""
+        self._check_row(i)
         c = int(np.searchsorted(self._starts, i, side="right")) - 1
         return self._chunks[c][i - int(self._starts[c])].as_py()
 
     def image(self, i: int) -> torch.Tensor:
-        """Row ``i`` decoded: uint8 tensor [3, H, W]."""
-        return decode_jpeg(self.image_bytes(i))
+        """Row ``i`` decoded: uint8 tensor [3, H, W].
+
+        ``jpeg``: decoded (channels-last strides, see :func:`decode_jpeg`), a fresh tensor;
+        ``raw``: a contiguous view of the mapped file, no copy (writable, copy-on-write:
+        do not modify it in place, later reads of row ``i`` in this process would see it).
+        """
+        if self.encoding == "jpeg":
+            return decode_jpeg(self.image_bytes(i))
+        self._check_row(i)
+        assert self.image_size is not None
+        h, w = self.image_size
+        start = int(self._row_start[i])
+        pixels = self._pixels[int(self._row_file[i])][start:start + 3 * h * w]  # [3*H*W] uint8 view
+        return torch.from_numpy(pixels).view(3, h, w)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"files": self.files}
+        return {"files": self.files, "encoding": self.encoding, "image_size": self.image_size}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.files = state["files"]
+        self.encoding = state.get("encoding", "jpeg")
+        self.image_size = state.get("image_size")
         self._open()
 
 
 class ShardSet:
-    """A prepared shard directory: ``manifest``, ``split_names``, ``table(split)``."""
+    """A prepared shard directory: ``manifest``, ``split_names``, ``encoding``,
+    ``image_size`` (H, W), ``table(split)``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         import json
@@ -288,8 +395,16 @@ class ShardSet:
         if not manifest_path.is_file():
             raise DatasetError(manifest_path, "no shard manifest (run the prepare stage)")
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise DatasetError(manifest_path, f"unknown shard format {self.manifest.get('format')!r}")
+        fmt = self.manifest.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise DatasetError(manifest_path, f"unknown shard format {fmt!r} in key 'format' "
+                                              f"(this reader knows {', '.join(READABLE_FORMATS)})")
+        encoding = self.manifest.get("image_encoding", "jpeg" if fmt == "vireid-shards/1" else None)
+        if encoding not in ENCODINGS:
+            raise DatasetError(manifest_path, f"unknown image encoding {encoding!r} in key 'image_encoding' "
+                                              f"(this reader knows {', '.join(ENCODINGS)})")
+        self.encoding: str = encoding
+        self.image_size: tuple[int, int] = (int(self.manifest["image_height"]), int(self.manifest["image_width"]))
         present = self.manifest["splits"]  # JSON keys are sorted: restore the protocol order
         self.split_names: tuple[str, ...] = tuple(
             [s for s in SPLIT_ORDER if s in present] + sorted(set(present) - set(SPLIT_ORDER)))
@@ -306,7 +421,8 @@ class ShardSet:
     def table(self, split: str) -> ShardTable:
         if split not in self.manifest["splits"]:
             raise KeyError(f"split {split!r} not in {self.dir} (splits: {', '.join(self.split_names)})")
-        return ShardTable([self.dir / s["file"] for s in self.manifest["splits"][split]["shards"]])
+        return ShardTable([self.dir / s["file"] for s in self.manifest["splits"][split]["shards"]],
+                          encoding=self.encoding, image_size=self.image_size)
 
     def verify(self) -> None:
         """Recompute every shard's sha256; DatasetError names a file that changed."""
