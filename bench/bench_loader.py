@@ -13,12 +13,19 @@ the workers only decode and ship uint8 [3, H, W]; the augmentation runs as one b
 measured like the others; the batched augmentation's cost is measured separately, on one
 CPU core per batch of 64 (on a GPU it runs on the device, off the loader's cores).
 
+A fourth and fifth, raw shards (``data.shard_encoding: raw``): the same images stored as
+uint8 [3, H, W] pixels, so the worker's "decode" is a zero-copy view of the mapped file;
+decode-only (augmentation on the device) and with the per-image augmentation. Raw paths are
+timed over ``--raw-passes`` passes over the same images (one pass takes a few tens of ms).
+For the view-or-copy question, raw decode-only is also timed with a ``clone()`` per image.
+
     uv run python bench/bench_loader.py --height 288 --width 144 --demand 2709
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -60,9 +67,25 @@ class FolderDataset(Dataset[dict[str, Any]]):
         return {"image": self.transform(image), "index": i}
 
 
-def rate(dataset: Dataset[dict[str, Any]], n: int, workers: int, batch: int = 64) -> float:
-    """Images/s over the first ``n`` items (after one warm-up batch)."""
-    loader = DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch,
+class CopyDataset(Dataset[dict[str, Any]]):
+    """``dataset`` with its image cloned: what a copy out of the mapped file would cost."""
+
+    def __init__(self, dataset: ShardImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        item["image"] = item["image"].clone()
+        return item
+
+
+def rate(dataset: Dataset[dict[str, Any]], n: int, workers: int, batch: int = 64, passes: int = 1) -> float:
+    """Images/s over the first ``n`` items, ``passes`` times in one loader (after one
+    warm-up batch)."""
+    loader = DataLoader(torch.utils.data.Subset(dataset, list(range(n)) * passes), batch_size=batch,
                         num_workers=workers, shuffle=False, persistent_workers=False)
     it = iter(loader)
     next(it)
@@ -93,6 +116,13 @@ def augment_seconds_per_image(dataset: Dataset[dict[str, Any]], n: int, batch: i
     return sum(times) / (repeats * batch), min(times) / batch
 
 
+def shard_bytes_per_image(shards: Path) -> float:
+    """Bytes on disk of a shard set's Arrow files per stored image (all splits)."""
+    files = sorted(shards.glob("*/part-*.arrow"))
+    rows = sum(len(ShardSet(shards).table(split)) for split in ShardSet(shards).split_names)
+    return sum(f.stat().st_size for f in files) / rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--height", type=int, default=288)
@@ -102,6 +132,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1024, help="images timed per measurement")
     ap.add_argument("--demand", type=float, default=0.0,
                     help="training-step images/s to compare with (e.g. the GPU step figure)")
+    ap.add_argument("--raw-passes", type=int, default=8, help="passes over the images for the raw paths")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -113,17 +144,27 @@ def main() -> None:
         generate_sysu(root, synth)
         cfg = DataConfig(root=str(root), image_height=args.height, image_width=args.width)
         prepare(cfg, Path(tmp) / "shards")
+        prepare(dataclasses.replace(cfg, shard_encoding="raw"), Path(tmp) / "shards_raw")
         table = ShardSet(Path(tmp) / "shards").table("train")
+        raw_table = ShardSet(Path(tmp) / "shards_raw").table("train")
+        disk = {enc: shard_bytes_per_image(Path(tmp) / d) for enc, d in (("jpeg", "shards"), ("raw", "shards_raw"))}
+        print(json.dumps({"shard_bytes_per_image": {k: round(v) for k, v in disk.items()}}), flush=True)
         splits, _ = collect_splits(cfg)
         paths = [s.path for s in splits["train"]]
         n = min(args.images, len(table), len(paths))
         shard_ds = ShardImageDataset(table, train_transform(args.height, args.width))
         folder_ds = FolderDataset(root, paths, args.height, args.width)
         device_ds = ShardImageDataset(table)  # decode only: uint8 [3, H, W]
+        raw_ds = ShardImageDataset(raw_table, train_transform(args.height, args.width))
+        raw_device_ds = ShardImageDataset(raw_table)  # "decode" only: a view of the mapped file
+        raw_copy_ds = CopyDataset(raw_device_ds)  # the same with a copy per image
         results = {}
-        for name, ds in (("shards", shard_ds), ("folder_pil", folder_ds), ("shards_device", device_ds)):
+        for name, ds, passes in (("shards", shard_ds, 1), ("folder_pil", folder_ds, 1),
+                                 ("shards_device", device_ds, 1), ("raw_device", raw_device_ds, args.raw_passes),
+                                 ("raw_device_copy", raw_copy_ds, args.raw_passes),
+                                 ("raw", raw_ds, max(1, args.raw_passes // 4))):
             for workers in (0, 2):
-                results[f"{name}_w{workers}"] = rate(ds, n, workers)
+                results[f"{name}_w{workers}"] = rate(ds, n, workers, passes=passes)
                 print(json.dumps({"path": name, "workers": workers,
                                   "images_per_s": round(results[f'{name}_w{workers}'], 1)}), flush=True)
         aug_s, aug_best_s = augment_seconds_per_image(device_ds, n)
@@ -146,7 +187,25 @@ def main() -> None:
         "device_augment_cpu_us_per_image_best_batch": aug_best_s * 1e6,
         "device_augment_cpu_batch": 64,
     }
+    # raw shards: decode-only is a view of the mapped file
+    summary.update({
+        "shard_bytes_per_image_jpeg": disk["jpeg"], "shard_bytes_per_image_raw": disk["raw"],
+        "raw_passes": args.raw_passes,
+        "per_core_raw_device": results["raw_device_w0"], "raw_device_2_workers": results["raw_device_w2"],
+        "per_core_raw_device_copy": results["raw_device_copy_w0"],
+        "raw_device_copy_2_workers": results["raw_device_copy_w2"],
+        "per_core_raw": results["raw_w0"], "raw_2_workers": results["raw_w2"],
+        "ratio_raw_device_vs_shards_device_per_core": results["raw_device_w0"] / results["shards_device_w0"],
+        "ratio_raw_device_vs_shards_device_2_workers": results["raw_device_w2"] / results["shards_device_w2"],
+        "ratio_raw_vs_shards_per_core": results["raw_w0"] / results["shards_w0"],
+        "ratio_raw_vs_shards_2_workers": results["raw_w2"] / results["shards_w2"],
+    })
     if args.demand:
+        summary["raw_device_2_workers_over_demand"] = results["raw_device_w2"] / args.demand
+        summary["raw_device_copy_2_workers_over_demand"] = results["raw_device_copy_w2"] / args.demand
+        summary["raw_2_workers_over_demand"] = results["raw_w2"] / args.demand
+        summary["workers_needed_for_demand_raw_device"] = args.demand / results["raw_device_w0"]
+        summary["workers_needed_for_demand_raw"] = args.demand / results["raw_w0"]
         summary["demand_images_per_s"] = args.demand
         summary["shards_2_workers_over_demand"] = results["shards_w2"] / args.demand
         summary["workers_needed_for_demand"] = args.demand / results["shards_w0"]
@@ -157,6 +216,13 @@ def main() -> None:
                       round(summary["ratio_shards_device_vs_shards_per_core"], 3),
                       "ratio_vs_shards_2_workers":
                       round(summary["ratio_shards_device_vs_shards_2_workers"], 3)}), flush=True)
+    for name, base in (("raw_device", "shards_device"), ("raw", "shards")):
+        line = {"path": name, "vs": base,
+                "ratio_per_core": round(results[f"{name}_w0"] / results[f"{base}_w0"], 3),
+                "ratio_2_workers": round(results[f"{name}_w2"] / results[f"{base}_w2"], 3)}
+        if args.demand:
+            line["2_workers_over_demand"] = round(results[f"{name}_w2"] / args.demand, 3)
+        print(json.dumps(line), flush=True)
     print(json.dumps({"summary": summary}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "summary": summary}, indent=2))
