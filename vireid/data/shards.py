@@ -12,7 +12,7 @@ identity number), ``label``, ``camera``, ``modality`` (0 visible, 1 infrared), `
 Image encodings (``data.shard_encoding``; manifest keys ``image_encoding``,
 ``image_height``, ``image_width``):
 
-- ``jpeg``: JPEG of the resized RGB image (``jpeg_quality``), about 10 KB at 288x144;
+- ``jpeg``: JPEG of the resized RGB image (``jpeg_quality``), about 10-15 KB at 288x144;
   :meth:`ShardTable.image` decodes it.
 - ``raw``: the resized RGB pixels themselves, uint8 in [3, H, W] C order (channel planes
   R, G, B; ``3*H*W`` bytes per row, 124 KB at 288x144); :meth:`ShardTable.image` is a
