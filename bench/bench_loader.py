@@ -14,10 +14,9 @@ measured like the others; the batched augmentation's cost is measured separately
 CPU core per batch of 64 (on a GPU it runs on the device, off the loader's cores).
 
 A fourth and fifth, raw shards (``data.shard_encoding: raw``): the same images stored as
-uint8 [3, H, W] pixels, so the worker's "decode" is a zero-copy view of the mapped file;
+uint8 [3, H, W] pixels, so the worker's "decode" is one copy out of the mapped file;
 decode-only (augmentation on the device) and with the per-image augmentation. Raw paths are
 timed over ``--raw-passes`` passes over the same images (one pass takes a few tens of ms).
-For the view-or-copy question, raw decode-only is also timed with a ``clone()`` per image.
 
     uv run python bench/bench_loader.py --height 288 --width 144 --demand 2709
 """
@@ -65,21 +64,6 @@ class FolderDataset(Dataset[dict[str, Any]]):
             arr = np.asarray(im.convert("RGB"))  # [H0,W0,3] uint8
         image = torch.from_numpy(arr).permute(2, 0, 1)  # [3,H0,W0]
         return {"image": self.transform(image), "index": i}
-
-
-class CopyDataset(Dataset[dict[str, Any]]):
-    """``dataset`` with its image cloned: what a copy out of the mapped file would cost."""
-
-    def __init__(self, dataset: ShardImageDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.dataset[i]
-        item["image"] = item["image"].clone()
-        return item
 
 
 def rate(dataset: Dataset[dict[str, Any]], n: int, workers: int, batch: int = 64, passes: int = 1) -> float:
@@ -156,12 +140,10 @@ def main() -> None:
         folder_ds = FolderDataset(root, paths, args.height, args.width)
         device_ds = ShardImageDataset(table)  # decode only: uint8 [3, H, W]
         raw_ds = ShardImageDataset(raw_table, train_transform(args.height, args.width))
-        raw_device_ds = ShardImageDataset(raw_table)  # "decode" only: a view of the mapped file
-        raw_copy_ds = CopyDataset(raw_device_ds)  # the same with a copy per image
+        raw_device_ds = ShardImageDataset(raw_table)  # "decode" only: a copy out of the mapped file
         results = {}
         for name, ds, passes in (("shards", shard_ds, 1), ("folder_pil", folder_ds, 1),
                                  ("shards_device", device_ds, 1), ("raw_device", raw_device_ds, args.raw_passes),
-                                 ("raw_device_copy", raw_copy_ds, args.raw_passes),
                                  ("raw", raw_ds, max(1, args.raw_passes // 4))):
             for workers in (0, 2):
                 results[f"{name}_w{workers}"] = rate(ds, n, workers, passes=passes)
@@ -187,13 +169,11 @@ def main() -> None:
         "device_augment_cpu_us_per_image_best_batch": aug_best_s * 1e6,
         "device_augment_cpu_batch": 64,
     }
-    # raw shards: decode-only is a view of the mapped file
+    # raw shards: decode-only is a copy out of the mapped file
     summary.update({
         "shard_bytes_per_image_jpeg": disk["jpeg"], "shard_bytes_per_image_raw": disk["raw"],
         "raw_passes": args.raw_passes,
         "per_core_raw_device": results["raw_device_w0"], "raw_device_2_workers": results["raw_device_w2"],
-        "per_core_raw_device_copy": results["raw_device_copy_w0"],
-        "raw_device_copy_2_workers": results["raw_device_copy_w2"],
         "per_core_raw": results["raw_w0"], "raw_2_workers": results["raw_w2"],
         "ratio_raw_device_vs_shards_device_per_core": results["raw_device_w0"] / results["shards_device_w0"],
         "ratio_raw_device_vs_shards_device_2_workers": results["raw_device_w2"] / results["shards_device_w2"],
@@ -202,7 +182,6 @@ def main() -> None:
     })
     if args.demand:
         summary["raw_device_2_workers_over_demand"] = results["raw_device_w2"] / args.demand
-        summary["raw_device_copy_2_workers_over_demand"] = results["raw_device_copy_w2"] / args.demand
         summary["raw_2_workers_over_demand"] = results["raw_w2"] / args.demand
         summary["workers_needed_for_demand_raw_device"] = args.demand / results["raw_device_w0"]
         summary["workers_needed_for_demand_raw"] = args.demand / results["raw_w0"]

@@ -152,14 +152,15 @@ def test_raw_shards_hold_the_resized_pixels(tiny_sysu_master: Path, tmp_path: Pa
     raw.verify()
 
 
-def test_raw_table_view_pickles_and_never_writes_the_file(tiny_sysu_master: Path, tmp_path: Path) -> None:
+def test_raw_table_pickles_and_returns_fresh_images(tiny_sysu_master: Path, tmp_path: Path) -> None:
     ss = ShardSet(prepare(_cfg(tiny_sysu_master, shard_rows=20, shard_encoding="raw"), tmp_path / "raw"))
     t = ss.table("train")
     t2 = pickle.loads(pickle.dumps(t))
     assert (t2.encoding, t2.image_size) == ("raw", (H, W))
     assert all(torch.equal(t2.image(i), t.image(i)) for i in range(len(t)))
     expected = t.image(21).clone()
-    t.image(21).zero_()  # a writable view: copy-on-write, the file keeps its bytes
+    t.image(21).zero_()  # a fresh tensor: neither the table nor the file sees the write
+    assert torch.equal(t.image(21), expected)
     ss.verify()
     assert torch.equal(ss.table("train").image(21), expected)
     with pytest.raises(IndexError):

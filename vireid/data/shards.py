@@ -15,10 +15,8 @@ Image encodings (``data.shard_encoding``; manifest keys ``image_encoding``,
 - ``jpeg``: JPEG of the resized RGB image (``jpeg_quality``), about 10-15 KB at 288x144;
   :meth:`ShardTable.image` decodes it.
 - ``raw``: the resized RGB pixels themselves, uint8 in [3, H, W] C order (channel planes
-  R, G, B; ``3*H*W`` bytes per row, 124 KB at 288x144); :meth:`ShardTable.image` is a
-  zero-copy view of the memory-mapped shard file. The mapping is copy-on-write: an
-  in-place write to that tensor never reaches the file, but later reads of the same row
-  in the same process see it (treat images as read-only; transforms and collate do).
+  R, G, B; ``3*H*W`` bytes per row, 124 KB at 288x144); :meth:`ShardTable.image` copies
+  them out of the memory-mapped shard file: no decode.
 
 Format ``vireid-shards/2`` carries ``image_encoding``; ``vireid-shards/1`` (written before
 the key existed) is JPEG. A reader refuses a manifest whose ``format`` or
@@ -40,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import mmap
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -271,11 +269,9 @@ def decode_jpeg(data: bytes) -> torch.Tensor:
 class ShardTable:
     """One split: metadata columns as numpy arrays, images decoded on demand.
 
-    Shard files are memory-mapped, so opening a table reads only the metadata columns. The
-    mapping is copy-on-write (``mmap.ACCESS_COPY``): a raw image is returned as a writable
-    view of it (no copy, no decode), and writing to that tensor changes only this process's
-    pages, never the file. A table pickles as its file list, encoding and image size and
-    reopens lazily, so it can be handed to DataLoader worker processes.
+    Shard files are memory-mapped (``pyarrow.memory_map``, read-only), so opening a table
+    reads only the metadata columns. A table pickles as its file list, encoding and image
+    size and reopens lazily, so it can be handed to DataLoader worker processes.
 
     ``encoding``: ``jpeg`` or ``raw`` (see the module docstring); ``image_size`` (H, W) is
     required for ``raw`` and every row is checked to hold ``3*H*W`` bytes.
@@ -294,84 +290,60 @@ class ShardTable:
         self._open()
 
     def _open(self) -> None:
-        tables, self._pixels = [], []  # per file: its Arrow table, its bytes (uint8 [file size])
-        for f in self.files:
-            with open(f, "rb") as fh:
-                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private, writable
-            tables.append(pa.ipc.open_file(pa.py_buffer(mapped)).read_all())  # zero-copy over it
-            self._pixels.append(np.frombuffer(mapped, dtype=np.uint8))  # writable view, no copy
+        tables = [pa.ipc.open_file(pa.memory_map(str(f), "r")).read_all() for f in self.files]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         self.path: np.ndarray = np.asarray(table.column("path").to_pylist(), dtype=object)  # [N] str
         self.identity: np.ndarray = table.column("identity").to_numpy().astype(np.int64)  # [N]
         self.label: np.ndarray = table.column("label").to_numpy().astype(np.int64)  # [N]
         self.camera: np.ndarray = table.column("camera").to_numpy().astype(np.int64)  # [N]
         self.modality: np.ndarray = table.column("modality").to_numpy().astype(np.int64)  # [N] 0/1
-        images = table.column("image")
-        self._chunks = images.chunks
+        self._chunks = table.column("image").chunks
         self._starts = np.cumsum([0] + [len(c) for c in self._chunks])  # [n_chunks + 1]
         if self.encoding == "raw":
-            self._row_file, self._row_start = self._raw_rows(tables)  # [N] int64 each
+            self._check_raw_sizes(tables)
 
-    def _raw_rows(self, tables: Sequence[pa.Table]) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: index of its file and byte offset of its pixels in that file.
-
-        Raises :class:`DatasetError` naming the file when a row is null or does not hold
-        exactly ``3*H*W`` bytes (a shard of another size or encoding).
-        """
+    def _check_raw_sizes(self, tables: Sequence[pa.Table]) -> None:
+        """Raise :class:`DatasetError` naming the file when a row is null or does not hold
+        exactly ``3*H*W`` bytes (a shard of another size or encoding)."""
         assert self.image_size is not None
         h, w = self.image_size
         nbytes = 3 * h * w
-        files, starts = [], []
-        for k, (f, table) in enumerate(zip(self.files, tables, strict=True)):
-            base = self._pixels[k].ctypes.data  # address of the file's first byte
-            for chunk in table.column("image").chunks:
-                if len(chunk) == 0:
-                    continue
-                if chunk.null_count:
-                    raise DatasetError(f, "raw shard has null images")
-                offsets_buf, data_buf = chunk.buffers()[1:3]
-                if not base <= data_buf.address <= base + len(self._pixels[k]) - data_buf.size:
-                    raise DatasetError(f, "raw pixels are not in the mapped file (Arrow copied them)")
-                offsets = np.frombuffer(offsets_buf, dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
-                sizes = np.diff(offsets)  # [rows]
-                if (sizes != nbytes).any():
-                    bad = int(sizes[sizes != nbytes][0])
-                    raise DatasetError(f, f"raw image of {bad} bytes, expected 3*{h}*{w} = {nbytes} "
-                                          "(image_height/image_width of the manifest)")
-                files.append(np.full(len(chunk), k, dtype=np.int64))
-                starts.append(data_buf.address - base + offsets[:-1].astype(np.int64))
-        if not files:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        return np.concatenate(files), np.concatenate(starts)
+        for f, table in zip(self.files, tables, strict=True):
+            column = table.column("image")
+            if column.null_count:
+                raise DatasetError(f, "raw shard has null images")
+            sizes = pc.binary_length(column).to_numpy()  # [rows]
+            if (sizes != nbytes).any():
+                bad = int(sizes[sizes != nbytes][0])
+                raise DatasetError(f, f"raw image of {bad} bytes, expected 3*{h}*{w} = {nbytes} "
+                                      "(image_height/image_width of the manifest)")
 
     def __len__(self) -> int:
         return len(self.path)
 
-    def _check_row(self, i: int) -> None:
+    def _cell(self, i: int) -> pa.BinaryScalar:
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range 0..{len(self) - 1}")
+        c = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._chunks[c][i - int(self._starts[c])]
 
     def image_bytes(self, i: int) -> bytes:
         """The stored ``image`` cell of row ``i`` (JPEG, or the raw pixels; a copy)."""
-        self._check_row(i)
-        c = int(np.searchsorted(self._starts, i, side="right")) - 1
-        return self._chunks[c][i - int(self._starts[c])].as_py()
+        return self._cell(i).as_py()
 
     def image(self, i: int) -> torch.Tensor:
-        """Row ``i`` decoded: uint8 tensor [3, H, W].
+        """Row ``i`` decoded: a fresh uint8 tensor [3, H, W].
 
-        ``jpeg``: decoded (channels-last strides, see :func:`decode_jpeg`), a fresh tensor;
-        ``raw``: a contiguous view of the mapped file, no copy (writable, copy-on-write:
-        do not modify it in place, later reads of row ``i`` in this process would see it).
+        ``jpeg``: decoded (channels-last strides, see :func:`decode_jpeg`); ``raw``: one copy
+        of the mapped bytes, no decode (a copy rather than a view: the mapping is read-only
+        and a caller may write to what it gets; it costs 5 % at 2 loader workers).
         """
         if self.encoding == "jpeg":
             return decode_jpeg(self.image_bytes(i))
-        self._check_row(i)
         assert self.image_size is not None
         h, w = self.image_size
-        start = int(self._row_start[i])
-        pixels = self._pixels[int(self._row_file[i])][start:start + 3 * h * w]  # [3*H*W] uint8 view
-        return torch.from_numpy(pixels).view(3, h, w)
+        pixels = np.frombuffer(self._cell(i).as_buffer(), dtype=np.uint8)  # [3*H*W] read-only view
+        return torch.from_numpy(pixels.copy()).view(3, h, w)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"files": self.files, "encoding": self.encoding, "image_size": self.image_size}
