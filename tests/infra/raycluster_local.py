@@ -96,8 +96,9 @@ class LocalRayCluster:
                 found.append(p.info["pid"])
         return found
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL, this cluster's processes (by pid); remove the temp dir."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` s, this cluster's processes (by pid); remove
+        the temp dir. (Some Ray processes never exit on SIGTERM: a longer grace only waits.)"""
         procs = []
         for pid in self.pids():
             try:

@@ -1,4 +1,4 @@
-"""A real search: 3 trials x 3 epochs of the tiny model on a generated shard set, interrupted
+"""A real search: 2 trials x 3 epochs of the tiny model on a generated shard set, interrupted
 after its first trial finished, then resumed; outputs, ASHA bookkeeping and MLflow checked."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class InterruptAfterFirstTrial(ray.tune.Callback):
 @pytest.mark.timeout(900)
 def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], tmp_path: Path) -> None:
     shards, cfg = tiny_search
-    cfg = replace(cfg, tune={"num_samples": 3})
+    cfg = replace(cfg, tune={"num_samples": 2})  # each trial starts a Ray Train run: ~1 min here
     target = TrackingTarget(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                             str(tmp_path / "mlruns" / "artifacts"), "tune-test")
     storage, out = tmp_path / "ray", tmp_path / "out"
@@ -67,7 +67,7 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], tmp_p
                     "loss": {"temperature": summary["best"]["temperature"]}}
     assert (out / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = summary["trials"]
-    assert summary["num_trials"] == len(rows) == 3 and summary["num_errored"] == 0
+    assert summary["num_trials"] == len(rows) == 2 and summary["num_errored"] == 0
     for r in rows:
         assert r["memory_size"] in cfg.tune.memory_sizes
         assert cfg.tune.temperature_min <= r["temperature"] <= cfg.tune.temperature_max
@@ -77,7 +77,7 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], tmp_p
         assert r["completed"] != r["early_stopped"]
         assert r["epochs_run"] == cfg.tune.epochs if r["completed"] else r["epochs_run"] in rungs
     assert summary["trial_epochs_used"] == sum(r["epochs_run"] for r in rows)
-    assert summary["trial_epochs_used"] + summary["trial_epochs_saved"] == 3 * cfg.tune.epochs
+    assert summary["trial_epochs_used"] + summary["trial_epochs_saved"] == 2 * cfg.tune.epochs
     assert summary["num_early_stopped"] == sum(r["early_stopped"] for r in rows)
     survivors = [r for r in rows if r["completed"]]
     assert survivors, "ASHA always lets at least the first trial reach max_t"
@@ -93,7 +93,7 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], tmp_p
     children = [r for r in runs if r.data.tags.get(TAG_ROLE) == "tune-trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["best.memory_size"] == str(summary["best"]["memory_size"])
-    assert len(children) == 3
+    assert len(children) == 2
     by_trial = {ch.data.tags[TAG_TRIAL]: ch for ch in children}
     assert set(by_trial) == {r["trial_id"] for r in rows}
     for r in rows:
