@@ -26,9 +26,11 @@ run: setup
 	$(UV) run --frozen dvc repro register
 	@$(UV) run --frozen python -m pipelines.summary
 
+# Two pytest workers: the tests that start Ray (marked xdist_group("ray")) run one after another
+# on one of them, mostly waiting on Ray's process start-ups; the other runs everything else.
 test: setup
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen pytest -q
+	$(UV) run --frozen pytest -q -n 2 --dist loadgroup
 
 lint: setup
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .

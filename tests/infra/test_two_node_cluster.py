@@ -13,7 +13,9 @@ import pytest
 
 from tests.infra.raycluster_local import LocalRayCluster
 
-pytestmark = pytest.mark.slow
+# xdist_group: under `make test` (pytest -n 2 --dist loadgroup) the modules that start Ray run
+# one after another on one worker: never two Ray instances at once, the other core runs the rest.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def _start_two_nodes() -> LocalRayCluster:

@@ -14,7 +14,9 @@ from tests.training.conftest import tiny_config
 from vireid.training.checkpoint import load_model, load_train_state, read_model_file
 from vireid.training.ray_train import ReportLog, fit
 
-pytestmark = pytest.mark.slow
+# xdist_group: under `make test` (pytest -n 2 --dist loadgroup) the modules that start Ray run
+# one after another on one worker: never two Ray instances at once, the other core runs the rest.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 LOSS_TERMS = ("id", "tri", "dual", "fuse", "kd")
 

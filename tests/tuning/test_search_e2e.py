@@ -24,7 +24,9 @@ from vireid.tuning.search import (
     rung_epochs,
 )
 
-pytestmark = pytest.mark.slow
+# xdist_group: under `make test` (pytest -n 2 --dist loadgroup) the modules that start Ray run
+# one after another on one worker: never two Ray instances at once, the other core runs the rest.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 class InterruptAfterFirstTrial(ray.tune.Callback):
