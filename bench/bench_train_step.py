@@ -182,12 +182,17 @@ def main() -> None:
             r = run_variant(method, variant, args, device)
             results.append(r)
             print(json.dumps(r), flush=True)
-    by = {(r["method"], r["variant"]): r["images_per_s"] for r in results}
+    # a method named more than once (e.g. --methods baseline,full,baseline,full, so that a
+    # drift of the machine's speed cancels): the mean of its runs
+    runs: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        runs.setdefault((r["method"], r["variant"]), []).append(r["images_per_s"])
+    by = {k: sum(v) / len(v) for k, v in runs.items()}
     summary: dict[str, float] = {}
     for v in args.variants.split(","):
         if ("baseline", v) in by and ("full", v) in by:
             summary[f"overhead_full_vs_baseline_{v}"] = by[("baseline", v)] / by[("full", v)] - 1
-    for m in args.methods.split(","):
+    for m in dict.fromkeys(args.methods.split(",")):
         for v in args.variants.split(","):
             if v != "fp32" and (m, "fp32") in by and (m, v) in by:
                 summary[f"speedup_{v}_vs_fp32_{m}"] = by[(m, v)] / by[(m, "fp32")]
