@@ -8,10 +8,8 @@ dynamic batch size.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
-import uuid
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
+from vireid.io import atomic_write_bytes
 from vireid.modeling.model import VIReIDModel
 
 ExportedModule = Callable[[Tensor, Tensor], Tensor]  # module(images, modality) -> [B,d]
@@ -70,22 +69,11 @@ def export_program(model: VIReIDModel, example: tuple[Tensor, Tensor]) -> Export
 
 
 def save_program(program: ExportedProgram, path: str | Path) -> Path:
-    """Write ``program`` to ``path`` atomically (a temporary file in the same directory,
-    then ``os.replace``; parent directories created); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # same directory: same filesystem
-    try:
-        with open(tmp, "xb") as f:
-            torch.export.save(program, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``program`` to ``path`` atomically (:func:`vireid.io.atomic_write_bytes`: a
+    temporary file in the same directory, then a rename; parent directories created)."""
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_program(path: str | Path) -> nn.Module:
