@@ -58,7 +58,8 @@ from vireid.io import atomic_directory, atomic_write_json
 log = logging.getLogger(__name__)
 
 FORMAT = "vireid-shards/2"  # the manifest names its image encoding (key ``image_encoding``)
-READABLE_FORMATS: tuple[str, ...] = ("vireid-shards/1", FORMAT)  # /1: JPEG, no encoding key
+FORMAT_V1 = "vireid-shards/1"  # JPEG, written before the manifest had ``image_encoding``
+READABLE_FORMATS: tuple[str, ...] = (FORMAT_V1, FORMAT)
 ENCODINGS: tuple[str, ...] = ("jpeg", "raw")
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "query", "gallery", "test")
 SCHEMA = pa.schema([
@@ -72,6 +73,12 @@ SCHEMA = pa.schema([
 ])
 LABEL_CONVENTION = ("train: label = train IdentityMap label 0..C-1; val/query/gallery: label = -1 "
                     "(use identity)")
+
+
+def check_encoding(encoding: str) -> None:
+    """Raise ValueError unless ``encoding`` is one of :data:`ENCODINGS`."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
 
 
 def resized_image(root: Path, sample: Sample, size: tuple[int, int]) -> Image.Image:
@@ -105,9 +112,8 @@ def encode_image(rgb: Image.Image, encoding: str = "jpeg", quality: int = 95) ->
         buf = io.BytesIO()
         rgb.save(buf, "JPEG", quality=quality)
         return buf.getvalue()
-    if encoding == "raw":
-        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).tobytes()  # [H,W,3] -> [3,H,W], C order
-    raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    check_encoding(encoding)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).tobytes()  # raw: [H,W,3] -> [3,H,W], C order
 
 
 def load_image(root: Path, sample: Sample, size: tuple[int, int], quality: int,
@@ -205,8 +211,7 @@ def write_shards(
     Empty splits are not written (and not in ``split_names``).
     Returns ``out_dir``. See the module docstring for the layout and label convention.
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    check_encoding(encoding)  # before any image is read
     root = Path(root)
     out_dir = Path(out_dir)
     train_map = IdentityMap.from_samples(splits.get("train", ()))
@@ -279,8 +284,7 @@ class ShardTable:
 
     def __init__(self, files: Sequence[str | os.PathLike[str]], encoding: str = "jpeg",
                  image_size: tuple[int, int] | None = None) -> None:
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown image encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+        check_encoding(encoding)
         if encoding == "raw" and image_size is None:
             raise ValueError("raw shards need image_size (H, W)")
         self.files = [Path(f) for f in files]
@@ -371,7 +375,7 @@ class ShardSet:
         if fmt not in READABLE_FORMATS:
             raise DatasetError(manifest_path, f"unknown shard format {fmt!r} in key 'format' "
                                               f"(this reader knows {', '.join(READABLE_FORMATS)})")
-        encoding = self.manifest.get("image_encoding", "jpeg" if fmt == "vireid-shards/1" else None)
+        encoding = self.manifest.get("image_encoding", "jpeg" if fmt == FORMAT_V1 else None)
         if encoding not in ENCODINGS:
             raise DatasetError(manifest_path, f"unknown image encoding {encoding!r} in key 'image_encoding' "
                                               f"(this reader knows {', '.join(ENCODINGS)})")

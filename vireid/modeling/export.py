@@ -49,6 +49,11 @@ class Embedder(nn.Module):
         return F.normalize(self.bnneck(self.pool(self.body(y))), dim=1)  # [B,d]
 
 
+def inference_copy(model: VIReIDModel) -> Embedder:
+    """An eval-mode :class:`Embedder` over a CPU copy of ``model`` (``model`` is untouched)."""
+    return Embedder(copy.deepcopy(model).cpu().eval()).eval()
+
+
 def export_program(model: VIReIDModel, example: tuple[Tensor, Tensor]) -> ExportedProgram:
     """``torch.export`` the inference path of an eval-mode CPU copy of ``model`` (classifiers
     and memory dropped) with a dynamic batch dimension.
@@ -62,9 +67,8 @@ def export_program(model: VIReIDModel, example: tuple[Tensor, Tensor]) -> Export
                          f"{tuple(images.shape)} and {tuple(modality.shape)}")
     if images.shape[0] < 2:
         raise ValueError("example: a batch of at least 2 is needed (torch.export specialises batch 1)")
-    embedder = Embedder(copy.deepcopy(model).cpu().eval()).eval()
     batch = Dim("batch")
-    return torch.export.export(embedder, (images, modality.long()),
+    return torch.export.export(inference_copy(model), (images, modality.long()),
                                dynamic_shapes={"images": {0: batch}, "modality": {0: batch}})
 
 

@@ -1,6 +1,7 @@
 """MLflow tracking and model registry of the pipeline (one run per pipeline run)."""
 
-from vireid.tracking.model import Embedder, load_logged_embedder, log_embedder, pip_requirements
+from vireid.modeling.export import Embedder
+from vireid.tracking.model import load_logged_embedder, log_embedder, pip_requirements
 from vireid.tracking.provenance import git_commit
 from vireid.tracking.registry import Decision, decide, protocol_key, register
 from vireid.tracking.runs import (

@@ -19,7 +19,6 @@ The logged module is :class:`vireid.modeling.export.Embedder` (the inference pat
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vireid.modeling.export import Embedder
+from vireid.modeling.export import inference_copy
 from vireid.tracking.store import TrackingError, use_tracking_uri
 
 MODEL_ARTIFACT = "model"  # name of the logged model
@@ -81,7 +80,7 @@ def log_embedder(tracking_uri: str, run_id: str, model: nn.Module, meta: Mapping
     import mlflow
 
     h, w, d = int(meta["image_height"]), int(meta["image_width"]), int(meta["feat_dim"])
-    embedder = Embedder(copy.deepcopy(model).cpu().eval()).eval()
+    embedder = inference_copy(model)
     example = example_input(h, w)
     with torch.no_grad():
         out = embedder(*(torch.from_numpy(a) for a in example))
