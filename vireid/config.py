@@ -38,6 +38,7 @@ class SyntheticConfig:
     sysu_images_per_camera: int = 12  # images per (identity, camera) folder; >= 10 for multi-shot
     sysu_val_fraction: float = 0.15  # share of SYSU identities written to exp/val_id.txt (>= 1 identity)
     sysu_test_fraction: float = 0.25  # share of SYSU identities in exp/test_id.txt (at least 8)
+    sysu_camera_presence: float = 1.0  # probability that an identity appears in a camera (>= 1 visible and 1 infrared kept)
     regdb_identities: int = 40  # identities in the generated RegDB tree (half train, half test)
     regdb_images_per_modality: int = 10  # RegDB has 10 visible + 10 thermal per identity
     image_height: int = 128  # height of a generated image in pixels
@@ -56,6 +57,8 @@ class SyntheticConfig:
         _check(self.sysu_identities - n_test - n_val >= 2, "data.synth.sysu_test_fraction",
                f"leaves {self.sysu_identities - n_test - n_val} train identities (need >= 2)")
         _check(self.sysu_images_per_camera >= 1, "data.synth.sysu_images_per_camera", "must be >= 1")
+        _check(0.0 < self.sysu_camera_presence <= 1.0, "data.synth.sysu_camera_presence",
+               f"must be in (0, 1], got {self.sysu_camera_presence}")
         _check(self.regdb_identities >= 4 and self.regdb_identities % 2 == 0,
                "data.synth.regdb_identities", "must be an even number >= 4")
         _check(self.regdb_images_per_modality >= 1, "data.synth.regdb_images_per_modality", "must be >= 1")
