@@ -2,11 +2,18 @@
 
 Five configurations of one code path (METHOD.md, "The ablation"), each trained with
 several seeds on the same prepared shards (single process, no Ray: the same ``Trainer``
-the Ray workers run) and evaluated with the SYSU-MM01 protocol of ``params.yaml``
-(all-search single-shot by default, 10 gallery trials). Prints a Markdown table of the
-mean and spread (population std over seeds) and writes the raw numbers as JSON.
+the Ray workers run) and evaluated with the headline SYSU-MM01 protocol of ``params.yaml``
+(all-search single-shot by default, 10 gallery trials), for the selected epoch (best
+held-out validation mAP) and the last epoch. Reports each configuration's mean and spread,
+the paired per-seed difference to the baseline with a 95 % confidence interval (Student t
+over seeds), the chance level of the same protocol, and every run's validation curve.
 
-    uv run python bench/ablation.py --seeds 0 1 2 --epochs 12 --json bench/results/ablation.json
+    uv run python bench/ablation.py --seeds 0 1 2 3 4 --json bench/results/ablation_cpu.json \
+        --plot docs/img/ablation_curves.png
+
+``--shards DIR`` reuses prepared shards (else the tree of ``params.yaml``'s ``data.synth`` is
+generated and prepared in a temporary folder). With ``--json`` every finished run is written
+at once, and a rerun with the same file skips the runs it already holds (resumable).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +39,7 @@ from vireid.data.prepare import prepare  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.data.synthetic import generate_sysu  # noqa: E402
 from vireid.evaluation.sysu import sysu_protocol  # noqa: E402
+from vireid.training.checkpoint import cpu_state_dict, save_model  # noqa: E402
 from vireid.training.loop import Trainer  # noqa: E402
 
 CONFIGS: dict[str, dict[str, dict[str, object]]] = {
@@ -43,20 +52,32 @@ CONFIGS: dict[str, dict[str, dict[str, object]]] = {
                                         "loss": {"distill": True, "dynamic": True}},
 }
 METRICS = ("rank1", "mAP", "mINP")
+CURVE_KEYS = ("val_mAP", "val_rank1", "loss")
 
 
-def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, float]:
-    """Train one configuration and evaluate it; return the headline protocol's means."""
+def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, Any]:
+    """Train one configuration; evaluate the selected and the last epoch on the headline
+    protocol. Returns ``selected`` and ``last`` (metric means, percent), ``selected_epoch``
+    and the per-epoch ``curve`` (validation mAP / Rank-1 where validated, training loss)."""
     trainer = Trainer(cfg, shards, device=device)
+    curve: list[dict[str, float]] = []
     for _ in range(cfg.train.epochs):
-        trainer.run_epoch()
-    model_path = trainer.save_model(work / "model.pt")
-    metrics = evaluate(cfg, model_path, shards, work / "eval", device)
+        record = trainer.run_epoch()
+        curve.append({"epoch": record["epoch"],
+                      **{k: float(record[k]) for k in CURVE_KEYS if k in record}})
     key = cfg.eval.headline.rsplit("/", 1)[0]
-    return {m: float(metrics[f"{key}/{m}"]) for m in METRICS}
+    out: dict[str, Any] = {"selected_epoch": trainer.best.epoch if trainer.best else cfg.train.epochs,
+                           "curve": curve}
+    weights, meta = trainer.selected()
+    last = {**meta, "selected_epoch": trainer.epoch, "selection": "last epoch (ablation)"}
+    for name, state, m in (("selected", weights, meta), ("last", cpu_state_dict(trainer.model), last)):
+        path = save_model(work / f"{name}.pt", state, m)
+        metrics = evaluate(cfg, path, shards, work / f"eval-{name}", device)
+        out[name] = {x: float(metrics[f"{key}/{x}"]) for x in METRICS}
+    return out
 
 
-def chance_level(cfg: Config, shards: Path, draws: int = 20) -> dict[str, float]:
+def chance_level(cfg: Config, shards: Path, draws: int = 10) -> dict[str, float]:
     """The headline protocol's means on random unit embeddings (the chance level), percent,
     averaged over ``draws`` draws."""
     mode, shot = cfg.eval.headline.split("/")[1:3]
@@ -75,15 +96,91 @@ def chance_level(cfg: Config, shards: Path, draws: int = 20) -> dict[str, float]
     return sums
 
 
+def paired_ci(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided Student-t confidence interval."""
+    from scipy import stats
+
+    n = len(diffs)
+    mean = float(diffs.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * diffs.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half
+
+
+def report(data: dict[str, Any]) -> str:
+    """Markdown tables: mean ± std per configuration and the paired difference to the baseline,
+    for the selected and the last epoch."""
+    results, chance = data["results"], data["chance"]
+    lines = [f"{len(data['seeds'])} seeds, {data['epochs']} epochs, protocol {data['protocol']}, "
+             "percent; std over seeds (ddof 1)", ""]
+    for which in ("selected", "last"):
+        lines += [f"**{which} epoch**", "",
+                  "| configuration | seeds | Rank-1 | mAP | mINP | Δ Rank-1 vs baseline (95 % CI) "
+                  "| Δ mAP vs baseline (95 % CI) |", "|---|---|---|---|---|---|---|"]
+        base = {r["seed"]: r[which] for r in results.get("baseline", [])}
+        for name, rows in results.items():
+            cells = []
+            for m in METRICS:
+                v = np.array([r[which][m] for r in rows])
+                cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}")
+            deltas = []
+            for m in ("rank1", "mAP"):
+                paired = np.array([r[which][m] - base[r["seed"]][m] for r in rows if r["seed"] in base])
+                if name == "baseline" or len(paired) == 0:
+                    deltas.append("")
+                else:
+                    mean, lo, hi = paired_ci(paired)
+                    deltas.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            lines.append(f"| {name} | {len(rows)} | {' | '.join(cells)} | {' | '.join(deltas)} |")
+        lines.append(f"| chance (random embeddings) | | {chance['rank1']:.2f} | {chance['mAP']:.2f} "
+                     f"| {chance['mINP']:.2f} | | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(data: dict[str, Any], path: Path) -> Path:
+    """Mean validation mAP per epoch of each configuration (one thin line per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script: no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for k, (name, rows) in enumerate(data["results"].items()):
+        colour = f"C{k}"
+        curves = [[(c["epoch"], c["val_mAP"]) for c in r["curve"] if "val_mAP" in c] for r in rows]
+        for c in curves:
+            ax.plot(*zip(*c, strict=True), color=colour, alpha=0.25, lw=0.8)
+        epochs = [e for e, _ in curves[0]]
+        mean = np.mean([[v for _, v in c] for c in curves], axis=0)
+        ax.plot(epochs, 100 * mean / 100, color=colour, lw=2, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out val mAP (fraction)")
+    ax.set_title("Validation mAP per epoch (thin: seeds, thick: mean)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--epochs", type=int, default=0, help="override train.epochs (0: keep)")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override params for every configuration (YAML values)")
+    ap.add_argument("--shards", default="", help="prepared shards to reuse (default: generate and prepare)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--loader-workers", type=int, default=-1, help="override train.loader_workers")
-    ap.add_argument("--json", default="")
+    ap.add_argument("--json", default="", help="results file; runs it already holds are skipped")
+    ap.add_argument("--plot", default="", help="PNG of the validation curves")
     args = ap.parse_args()
     device = torch.device(args.device)
     logging.basicConfig(level=logging.WARNING)
@@ -91,44 +188,51 @@ def main() -> None:
     base = config_from_dict(yaml.safe_load(Path(args.params).read_text()))
     # one protocol (the headline), and the pipeline's settings otherwise
     mode, shot = base.eval.headline.split("/")[1:3]
-    train = {"epochs": args.epochs or base.train.epochs}
+    overrides: dict[str, dict[str, Any]] = {"train": {"epochs": args.epochs or base.train.epochs}}
     if args.loader_workers >= 0:
-        train["loader_workers"] = args.loader_workers
-    base = replace(base, eval={"sysu_modes": [mode], "sysu_shots": [shot]}, train=train)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in args.configs}
+        overrides["train"]["loader_workers"] = args.loader_workers
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    base = replace(base, eval={"sysu_modes": [mode], "sysu_shots": [shot]}, **overrides)
+    out = Path(args.json) if args.json else None
+    data: dict[str, Any] = json.loads(out.read_text()) if out and out.exists() else {}
+    results: dict[str, list[dict[str, Any]]] = data.get("results", {})
+    for name in args.configs:
+        results.setdefault(name, [])
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         root = Path(tmp)
-        generate_sysu(root / "SYSU-MM01", base.data.synth)
-        data_cfg = replace(base, data={"root": str(root / "SYSU-MM01")}).data
-        prepare(data_cfg, root / "shards")
-        chance = chance_level(base, root / "shards")
+        shards = Path(args.shards) if args.shards else root / "shards"
+        if not args.shards:
+            generate_sysu(root / "SYSU-MM01", base.data.synth)
+            prepare(replace(base, data={"root": str(root / "SYSU-MM01")}).data, shards)
+        chance = chance_level(base, shards)
+        data.update(seeds=sorted({*data.get("seeds", []), *args.seeds}), epochs=base.train.epochs,
+                    device=str(device), protocol=base.eval.headline, overrides=args.set,
+                    shards_sha256=ShardSet(shards).manifest.get("sha256_total"), chance=chance,
+                    results=results)
         print(json.dumps({"config": "chance (random embeddings)", **chance}), flush=True)
         for seed in args.seeds:  # every configuration of a seed before the next seed
             for name in args.configs:
+                if any(r["seed"] == seed for r in results[name]):
+                    continue
                 cfg = replace(base, train={"seed": seed}, **CONFIGS[name])  # type: ignore[arg-type]
                 t0 = time.perf_counter()
-                r = run_one(cfg, root / "shards", root / f"run-{len(results[name])}-{seed}", device)
-                r["seconds"] = time.perf_counter() - t0
+                r = run_one(cfg, shards, root / f"run-{name.replace(' ', '')}-{seed}", device)
+                r.update(seed=seed, seconds=time.perf_counter() - t0)
                 results[name].append(r)
-                print(json.dumps({"config": name, "seed": seed, **r}), flush=True)
-                if args.json:  # after every run, so a cut-off run keeps what it measured
-                    Path(args.json).write_text(json.dumps(
-                        {"seeds": args.seeds, "epochs": base.train.epochs, "device": str(device),
-                         "protocol": base.eval.headline, "chance": chance, "results": results},
-                        indent=2))
-    head = f"| configuration | {' | '.join(METRICS)} |"
-    print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
-          f"{base.train.epochs} epochs, protocol {base.eval.headline.rsplit('/', 1)[0]} "
-          f"({base.eval.trials} gallery trials), mean ± std over seeds, percent\n")
-    print(head)
-    print("|" + "---|" * (len(METRICS) + 1))
-    for name, rows in results.items():
-        cells = []
-        for m in METRICS:
-            v = np.array([r[m] for r in rows])
-            cells.append(f"{v.mean():.2f} ± {v.std():.2f}")
-        print(f"| {name} | {' | '.join(cells)} |")
-    print(f"| chance (random embeddings) | {' | '.join(f'{chance[m]:.2f}' for m in METRICS)} |")
+                print(json.dumps({"config": name, "seed": seed, "selected_epoch": r["selected_epoch"],
+                                  "selected": r["selected"], "last": r["last"],
+                                  "seconds": round(r["seconds"])}), flush=True)
+                if out:  # after every run: a cut-off ablation keeps what it measured
+                    tmp_json = out.with_name(f".{out.name}.tmp")
+                    tmp_json.write_text(json.dumps(data, indent=1))
+                    tmp_json.replace(out)
+    print()
+    print(report(data))
+    if args.plot:
+        print(f"curves: {plot_curves(data, Path(args.plot))}")
 
 
 if __name__ == "__main__":
