@@ -38,6 +38,7 @@ from vireid.config import Config, config_from_dict, replace  # noqa: E402
 from vireid.data.prepare import prepare  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.data.synthetic import generate_sysu  # noqa: E402
+from vireid.evaluation.chance import chance_level as random_chance  # noqa: E402
 from vireid.evaluation.sysu import sysu_protocol  # noqa: E402
 from vireid.training.checkpoint import cpu_state_dict, save_model  # noqa: E402
 from vireid.training.loop import Trainer  # noqa: E402
@@ -52,7 +53,7 @@ CONFIGS: dict[str, dict[str, dict[str, object]]] = {
                                         "loss": {"distill": True, "dynamic": True}},
 }
 METRICS = ("rank1", "mAP", "mINP")
-CURVE_KEYS = ("val_mAP", "val_rank1", "loss")
+CURVE_KEYS = ("val_mAP", "val_rank1", "loss", "seconds")
 
 
 def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, Any]:
@@ -79,21 +80,19 @@ def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict
 
 def chance_level(cfg: Config, shards: Path, draws: int = 10) -> dict[str, float]:
     """The headline protocol's means on random unit embeddings (the chance level), percent,
-    averaged over ``draws`` draws."""
+    averaged over ``draws`` draws (:func:`vireid.evaluation.chance.chance_level`, as the
+    evaluate stage computes it)."""
     mode, shot = cfg.eval.headline.split("/")[1:3]
     tables = ShardSet(shards)
     q, g = tables.table("query"), tables.table("gallery")
     query, pool = samples_of(q, "query"), samples_of(g, "gallery")
-    rng = np.random.default_rng(0)
-    sums = dict.fromkeys(METRICS, 0.0)
-    for _ in range(draws):
-        f = rng.standard_normal((len(q) + len(g), 64)).astype(np.float32)
-        f /= np.linalg.norm(f, axis=1, keepdims=True)
-        means, _ = sysu_protocol(query, f[:len(q)], pool, f[len(q):], mode=mode, shot=shot,
+
+    def protocol(qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
+        means, _ = sysu_protocol(query, qf, pool, gf, mode=mode, shot=shot,
                                  trials=cfg.eval.trials).mean_std()
-        for m in METRICS:
-            sums[m] += 100.0 * means[m] / draws
-    return sums
+        return {m: 100.0 * means[m] for m in METRICS}
+
+    return random_chance(protocol, len(q), len(g), draws=draws)
 
 
 def paired_ci(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:

@@ -5,7 +5,8 @@ Reads ``data`` (which dataset and RegDB trial) and ``eval``. Loads ``outputs/tra
 query and gallery features once from the shards, and runs the SYSU-MM01 protocols (every
 ``eval.sysu_modes`` x ``eval.sysu_shots``, ``eval.trials`` gallery draws) or both RegDB
 directions. Writes to ``outputs/eval/``: ``metrics.json`` (percent; DVC metrics),
-``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
+the chance level of the headline protocol (random unit embeddings, 10 draws) as
+``chance/<protocol>/<metric>``, ``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
 one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
 run record exists, the metrics and plots are logged into that run.
 """
@@ -28,6 +29,7 @@ from vireid.data.shards import ShardSet, ShardTable
 from vireid.data.transforms import test_transform
 from vireid.evaluation import regdb as regdb_eval
 from vireid.evaluation import report
+from vireid.evaluation.chance import chance_level
 from vireid.evaluation.extract import extract_features
 from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
 from vireid.training.checkpoint import load_model
@@ -77,38 +79,59 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     log.info("extracted %d query and %d gallery features (d=%d)", len(qf), len(gf), qf.shape[1])
     entries: dict[str, dict[str, Any]] = {}
     curves: dict[str, np.ndarray] = {}
+    headline_key = cfg.eval.headline.rsplit("/", 1)[0]
     if dataset == "sysu":
         query, pool = samples_of(q_table, "query"), samples_of(g_table, "gallery")
         perms = (load_official_permutations(cfg.eval.official_perm_path)
                  if cfg.eval.sysu_sampler == "official" else None)
-        results = sysu_protocols(query, qf, pool, gf, modes=cfg.eval.sysu_modes, shots=cfg.eval.sysu_shots,
-                                 sampler=cfg.eval.sysu_sampler, trials=cfg.eval.trials, perms=perms,
-                                 chunk=cfg.eval.query_chunk, rerank=cfg.eval.rerank)
+
+        def run(qf: np.ndarray, gf: np.ndarray, modes: Any = cfg.eval.sysu_modes,
+                shots: Any = cfg.eval.sysu_shots, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
+            return sysu_protocols(query, qf, pool, gf, modes=modes, shots=shots,
+                                  sampler=cfg.eval.sysu_sampler, trials=cfg.eval.trials, perms=perms,
+                                  chunk=cfg.eval.query_chunk, rerank=rerank)
+
+        results = run(qf, gf)
+        mode, shot = cfg.eval.headline.split("/")[1:3]
+
+        def chance_run(q: np.ndarray, g: np.ndarray) -> dict[str, float]:  # the headline protocol only
+            return report.sysu_entry(run(q, g, [mode], [shot], False)[headline_key])["mean"]
+
         for key, res in results.items():
             entries[key] = report.sysu_entry(res)
             curves[key] = report.mean_curve([t.result.cmc for t in res.trials])
-        mode, shot = cfg.eval.headline.split("/")[1:3]
         idx = sample_gallery(pool, mode, shot, 0, cfg.eval.sysu_sampler, perms)
         ranked_list(out / "ranked_list.png", qf, gf[idx], q_table.identity, g_table.identity[idx],
                     q_table.image, lambda j: g_table.image(int(idx[j])))
     else:
         trial = cfg.data.regdb_trial
-        res = regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
-                                        model_trial=meta.get("regdb_trial"), chunk=cfg.eval.query_chunk,
-                                        rerank=cfg.eval.rerank)
+
+        def run_regdb(qf: np.ndarray, gf: np.ndarray, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
+            return regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
+                                             model_trial=meta.get("regdb_trial"),
+                                             chunk=cfg.eval.query_chunk, rerank=rerank)
+
+        res = run_regdb(qf, gf)
         entries.update(report.regdb_entries(regdb_eval.aggregate_regdb({trial: res})))
+
+        def chance_run(q: np.ndarray, g: np.ndarray) -> dict[str, float]:
+            aggregated = regdb_eval.aggregate_regdb({trial: run_regdb(q, g, False)})
+            return report.regdb_entries(aggregated)[headline_key]["mean"]
+
         for direction, r in res.items():
             curves[f"regdb/{direction}"] = report.mean_curve([r.cmc])
         ranked_list(out / "ranked_list.png", qf, gf, q_table.identity, g_table.identity,
                     q_table.image, g_table.image)
-    headline_key = cfg.eval.headline.rsplit("/", 1)[0]
     if headline_key not in curves:
         raise ValueError(f"eval.headline: {cfg.eval.headline!r} is not among the protocols run "
                          f"({', '.join(curves)})")
+    chance = {headline_key: chance_level(chance_run, len(qf), len(gf))}
+    log.info("chance level of %s (random unit embeddings): %s", headline_key,
+             " ".join(f"{k}={v:.2f}" for k, v in chance[headline_key].items()))
     report.write_cmc_csv(out / "cmc.csv", {"headline": curves[headline_key], **curves})
     report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta['selected_epoch']})")
-    report.write_metrics(out / "metrics.json", entries)
-    return report.build_metrics(entries)
+    report.write_metrics(out / "metrics.json", entries, chance)
+    return report.build_metrics(entries, chance)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -17,6 +17,18 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _chance_line(metrics: dict[str, Any], key: str) -> list[str]:
+    """``chance: ...`` under protocol ``key`` when metrics.json holds its chance level."""
+    chance = {m: metrics.get(f"chance/{key}/{m}") for m in ("rank1", "mAP", "mINP")}
+    if any(v is None for v in chance.values()):
+        return []
+    mean = metrics[key]["mean"]
+    ratio = "  ".join(f"{name} {mean[m] / chance[m]:.1f}x" for m, name in
+                      (("rank1", "Rank-1"), ("mAP", "mAP")) if chance[m])
+    return [f"           {'':{len(key)}}  chance (random embeddings): Rank-1 {chance['rank1']:.2f}  "
+            f"mAP {chance['mAP']:.2f}  mINP {chance['mINP']:.2f}  -> {ratio} chance"]
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = stage_parser(__doc__)
     parser.add_argument("--outputs", default="outputs", help="the pipeline's output directory")
@@ -42,6 +54,7 @@ def main(argv: list[str] | None = None) -> str:
             mean = metrics[key]["mean"]
             lines.append(f"           {key}: Rank-1 {mean['rank1']:.2f}  mAP {mean['mAP']:.2f}  "
                          f"mINP {mean['mINP']:.2f}")
+            lines.extend(_chance_line(metrics, key))
     lines.append(f"metrics:   {out / 'eval' / 'metrics.json'}   (uv run dvc metrics show)")
     lines.append(f"plots:     {out / 'eval' / 'cmc.png'}, {out / 'eval' / 'ranked_list.png'}, "
                  f"{out / 'eval' / 'cmc.csv'}   (uv run dvc plots show)")

@@ -9,6 +9,7 @@ Each section class validates its own values in ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -117,6 +118,7 @@ class ModelConfig:
     fusion: bool = True  # dual classifiers + attention fusion (section 1)
     memory: bool = True  # multi-view memory (section 2)
     memory_size: int = 8  # S: slots per identity in the memory
+    non_local: bool = True  # AGW's non-local attention blocks in layer2/layer3 (docs/method.md)
 
     def __post_init__(self) -> None:
         _check(self.last_stride in (1, 2), "model.last_stride", "must be 1 or 2")
@@ -125,15 +127,33 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LossWeights:
+    """A weight per named loss term; the total loss is the weighted sum of the terms present."""
+
+    id: float = 1.0  # shared identity classifier on g
+    tri: float = 1.0  # triplet on f
+    dual: float = 1.0  # modality classifiers W^v, W^r
+    fuse: float = 1.0  # fused pair features under the shared classifier
+    kd: float = 1.0  # self-distillation
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            _check(math.isfinite(v) and v >= 0.0, f"loss.weights.{f.name}", f"must be finite and >= 0, got {v}")
+
+
+@dataclass(frozen=True)
 class LossConfig:
     """Loss terms (METHOD.md sections 0, 1, 3); each term is returned by name."""
 
     label_smoothing: float = 0.0  # identity cross-entropy label smoothing
-    triplet: Literal["hard", "wrt", "none"] = "hard"  # cross-modality triplet variant
+    triplet: Literal["hard", "wrt", "none"] = "wrt"  # wrt: AGW's weighted-regularisation triplet; hard: batch-hard with margin
+    triplet_pairs: Literal["all", "cross_modality"] = "all"  # all: mined over the whole batch (AGW); cross_modality: partners from the other modality only
     margin: float = 0.3  # margin of the hard-mining triplet
     distill: bool = True  # self-distillation from fusion and memory teachers (section 3)
     dynamic: bool = True  # parameter-free dynamic weight; False: static weight 1
     temperature: float = 4.0  # T of the distillation softmax
+    weights: LossWeights = field(default_factory=LossWeights)  # weight of each term in the total
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
@@ -194,7 +214,7 @@ class TuneConfig:
     """Ray Tune search over memory size S and temperature T (ASHA on validation mAP)."""
 
     num_samples: int = 8  # trials
-    memory_sizes: tuple[int, ...] = (2, 4, 8, 16)  # choices for model.memory_size
+    memory_sizes: tuple[int, ...] = (8, 16, 32, 64)  # choices for model.memory_size: one step's views (2K) to several steps
     temperature_min: float = 1.0  # log-uniform range of loss.temperature
     temperature_max: float = 8.0
     epochs: int = 6  # max epochs per trial

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from tests.modeling.helpers import make_task
 from vireid.modeling import TaskState
+from vireid.modeling.task import interleave_modalities
 
 WORLD = 2
 
@@ -20,9 +21,9 @@ def _worker(rank: int, store_file: str, out_dir: str) -> None:
     try:
         task = make_task(num_classes=5, model={"memory_size": 3})  # same seed: same model on both ranks
         gen = torch.Generator().manual_seed(100 + rank)  # different features per rank
-        n = 4 + rank  # and a different number of samples per rank
-        feats = torch.randn(n, task.model.feat_dim, generator=gen)
-        labels = torch.randint(0, 5, (n,), generator=gen)
+        n = 2 + rank  # a different number of pairs per rank, sampler layout [visible, infrared]
+        feats = torch.randn(2 * n, task.model.feat_dim, generator=gen)
+        labels = torch.randint(0, 5, (n,), generator=gen).repeat(2)
         task.after_step(TaskState(feats, labels, {}))
         mem = task.model.memory
         assert mem is not None
@@ -39,9 +40,11 @@ def test_memory_is_identical_on_every_rank(tmp_path: Path) -> None:
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     for name in ("bank", "valid", "pointer"):
         assert torch.equal(r0[name], r1[name]), name
-    # and it is what one process would hold after writing rank 0's then rank 1's samples
+    # and it is what one process would hold after writing rank 0's then rank 1's samples,
+    # each rank's batch interleaved (v0, r0, v1, r1, ...)
     ref = make_task(num_classes=5, model={"memory_size": 3}).model.memory
     assert ref is not None
-    ref.write(torch.cat([r0["feats"], r1["feats"]]), torch.cat([r0["labels"], r1["labels"]]))
+    o0, o1 = (interleave_modalities(r["labels"].shape[0]) for r in (r0, r1))
+    ref.write(torch.cat([r0["feats"][o0], r1["feats"][o1]]), torch.cat([r0["labels"][o0], r1["labels"][o1]]))
     assert torch.equal(ref.bank, r0["bank"]) and torch.equal(ref.pointer, r0["pointer"])
     assert not torch.equal(r0["feats"][:4], r1["feats"][:4])

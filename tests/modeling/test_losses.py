@@ -26,13 +26,13 @@ MODS = torch.tensor([0, 0, 1, 1])
 def test_hard_triplet_uses_the_other_modality_only() -> None:
     # anchors: v0: pos 1, neg 4 -> 0 ; v1: pos 6, neg 9 -> 0 ; r0: pos 1, neg 9 -> 0 ;
     #          r1: pos 6, neg 4 -> 6 - 4 + 0.3 = 2.3
-    loss = hard_triplet_loss(FEATS, LABELS, MODS, margin=0.3)
+    loss = hard_triplet_loss(FEATS, LABELS, MODS, margin=0.3, pairs="cross_modality")
     assert loss.item() == pytest.approx(2.3 / 4, abs=1e-5)
     # add a visible id1 sample at 0.5, right next to the visible anchor v0 (distance 0.5):
     # as a same-modality negative it must not count for v0 (it would add 1 - 0.5 + 0.3)
     feats = torch.cat([FEATS, torch.tensor([[0.5]])])
     labels, mods = torch.cat([LABELS, torch.tensor([1])]), torch.cat([MODS, torch.tensor([0])])
-    loss = hard_triplet_loss(feats, labels, mods, margin=0.3)
+    loss = hard_triplet_loss(feats, labels, mods, margin=0.3, pairs="cross_modality")
     # v0: 0 ; v1: 0 ; r0: pos 1, neg min(9, 0.5) -> 0.8 ; r1: pos max(6, 3.5), neg 4 -> 2.3 ;
     # new v1 at 0.5: pos 3.5 (r1), neg 0.5 (r0) -> 3.3
     assert loss.item() == pytest.approx((0.8 + 2.3 + 3.3) / 5, abs=1e-5)
@@ -50,20 +50,87 @@ def test_wrt_triplet_matches_hand_computation() -> None:
         dp, dn = d[a, pos], d[a, neg]
         wp, wn = torch.softmax(dp, 0), torch.softmax(-dn, 0)
         expected.append(math.log1p(math.exp((wp * dp).sum() - (wn * dn).sum())))
-    got = weighted_regularised_triplet_loss(feats, labels, mods)
+    got = weighted_regularised_triplet_loss(feats, labels, mods, pairs="cross_modality")
     assert got.item() == pytest.approx(sum(expected) / 5, abs=1e-5)
-    assert triplet_loss("wrt", feats, labels, mods, 0.3).item() == pytest.approx(got.item())
+    assert triplet_loss("wrt", feats, labels, mods, 0.3, "cross_modality").item() == pytest.approx(got.item())
+
+
+def _agw_triplet_wrt(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """AGW's TripletLoss_WRT (mangye16/Cross-Modal-Re-ID-baseline, loss.py), transcribed."""
+    def softmax_weights(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        max_v = torch.max(dist * mask, dim=1, keepdim=True)[0]
+        diff = dist - max_v
+        z = torch.sum(torch.exp(diff) * mask, dim=1, keepdim=True) + 1e-6
+        return torch.exp(diff) * mask / z
+
+    n = inputs.size(0)
+    sq = inputs.pow(2).sum(1, keepdim=True).expand(n, n)
+    dist_mat = (sq + sq.t() - 2 * inputs @ inputs.t()).clamp(min=1e-12).sqrt()
+    is_pos = targets.expand(n, n).eq(targets.expand(n, n).t()).float()
+    is_neg = targets.expand(n, n).ne(targets.expand(n, n).t()).float()
+    dist_ap, dist_an = dist_mat * is_pos, dist_mat * is_neg
+    furthest_positive = torch.sum(dist_ap * softmax_weights(dist_ap, is_pos), dim=1)
+    closest_negative = torch.sum(dist_an * softmax_weights(-dist_an, is_neg), dim=1)
+    y = torch.ones_like(furthest_positive)
+    return torch.nn.SoftMarginLoss()(closest_negative - furthest_positive, y)
+
+
+def test_wrt_over_the_whole_batch_is_agw_triplet_wrt() -> None:
+    gen = torch.Generator().manual_seed(3)
+    # distances ~2: AGW's softmax_weights takes the max over the *masked* matrix (0 for the
+    # negatives), so its negative weights underflow against its +1e-6 once distances pass
+    # ~14; at small distances the two agree (docs/method.md, "Deviations")
+    feats = torch.randn(16, 32, generator=gen) * 0.25
+    labels = torch.arange(4).repeat_interleave(2).repeat(2)  # sampler layout, P=4, K=2
+    mods = torch.cat([torch.zeros(8), torch.ones(8)]).long()
+    got = weighted_regularised_triplet_loss(feats, labels, mods, pairs="all")
+    assert got.item() == pytest.approx(_agw_triplet_wrt(feats, labels).item(), rel=1e-4)
+    assert triplet_loss("wrt", feats, labels, mods, 0.3).item() == pytest.approx(got.item())  # the default
+    # whole-batch mining differs from cross-modality mining on the same batch
+    assert abs(got.item() - weighted_regularised_triplet_loss(feats, labels, mods, "cross_modality").item()) > 1e-3
+
+
+def test_whole_batch_hard_triplet_mines_same_modality_partners() -> None:
+    # v0 at 0 has a same-modality negative (v1') at 0.5: whole-batch mining counts it
+    feats = torch.cat([FEATS, torch.tensor([[0.5]])])
+    labels, mods = torch.cat([LABELS, torch.tensor([1])]), torch.cat([MODS, torch.tensor([0])])
+    d = (feats - feats.t()).abs()
+    same = labels[:, None] == labels[None, :]
+    expected = torch.relu(d.masked_fill(~same, -1).amax(1) - d.masked_fill(same, 1e9).amin(1) + 0.3).mean()
+    assert hard_triplet_loss(feats, labels, mods, 0.3, "all").item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_triplet_distances_are_float32_under_bf16_autocast() -> None:
+    # GeM-output norms (~30): bf16 matmul errors of 2-3 dwarf the 0.3 margin
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(32, 512, generator=gen).abs() * 1.5
+    labels = torch.arange(8).repeat_interleave(2).repeat(2)
+    mods = torch.cat([torch.zeros(16), torch.ones(16)]).long()
+    for kind in ("hard", "wrt"):
+        ref = triplet_loss(kind, feats, labels, mods, 0.3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = triplet_loss(kind, feats, labels, mods, 0.3)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(ref.item(), abs=1e-4), kind
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = feats.float()
+        sq = x.pow(2).sum(1)
+        naive = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp(min=1e-12).sqrt()
+    exact = torch.cdist(feats.double(), feats.double()).float()
+    assert (naive.float() - exact).abs().max() > 0.3  # what the float32 path avoids
 
 
 def test_triplets_skip_anchors_without_cross_modality_partners_and_stay_finite() -> None:
     feats = torch.randn(4, 8, requires_grad=True)
     mods = torch.zeros(4, dtype=torch.long)  # one modality only: no anchor has a partner
     for kind in ("hard", "wrt"):
-        loss = triplet_loss(kind, feats, torch.tensor([0, 0, 1, 1]), mods, 0.3)
+        loss = triplet_loss(kind, feats, torch.tensor([0, 0, 1, 1]), mods, 0.3, "cross_modality")
         loss.backward()
         assert loss.item() == 0.0 and torch.isfinite(feats.grad).all()
     with pytest.raises(ValueError, match="loss.triplet"):
         triplet_loss("soft", feats, torch.tensor([0, 0, 1, 1]), mods, 0.3)
+    with pytest.raises(ValueError, match="loss.triplet_pairs"):
+        triplet_loss("wrt", feats, torch.tensor([0, 0, 1, 1]), mods, 0.3, "same_modality")
 
 
 def test_identity_loss_label_smoothing() -> None:

@@ -22,6 +22,19 @@ def _step(task: ReIDTask, seed: int = 0) -> dict[str, torch.Tensor]:
     return losses
 
 
+def _sgd_step(task: ReIDTask, seed: int = 7) -> None:
+    """One plain SGD update: the non-local blocks' zero-initialised output BN passes no
+    gradient to theta/phi/g until its weight has moved once (as in AGW)."""
+    task.zero_grad(set_to_none=True)
+    losses, state = task(*batch(seed=seed))
+    task.total(losses).backward()
+    with torch.no_grad():
+        for p in task.model.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    task.after_step(state)
+
+
 def _trainable_without_gradient(task: ReIDTask) -> list[str]:
     return [n for n, p in task.model.named_parameters()
             if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all()
@@ -43,8 +56,7 @@ def test_layout_is_checked() -> None:
 
 def test_full_configuration_every_parameter_learns() -> None:
     task = make_task(model=FULL)
-    losses, state = task(*batch())
-    task.after_step(state)  # the memory teacher exists from now on
+    _sgd_step(task)  # the memory teacher exists from now on
     assert task.model.memory is not None and bool(task.model.memory.valid.any(1).all())
     losses = _step(task, seed=1)
     assert set(losses) == {"id", "tri", "dual", "fuse", "kd"}
@@ -67,7 +79,7 @@ def test_full_configuration_every_parameter_learns() -> None:
 )
 def test_switched_off_parts_do_not_exist(model: dict, loss: dict, terms: set[str]) -> None:
     task = make_task(model=model, loss=loss)
-    task.after_step(task(*batch())[1])
+    _sgd_step(task)
     losses = _step(task, seed=1)
     assert set(losses) == terms
     assert (task.model.dual_classifiers is not None) == model["fusion"]
@@ -90,14 +102,14 @@ def test_identity_without_memory_slot_gets_no_memory_teacher() -> None:
     # memory teacher only, static weight 1: kd weight of a sample = 1 iff its identity has a slot
     task = make_task(model={"fusion": False, "memory": True}, loss={"dynamic": False})
     losses, state = task(*batch(p=4, k=2))
-    assert losses["kd"].item() == 0.0 and state.kd_weights["mem"].item() == 0.0
+    assert losses["kd"].item() == 0.0 and state.diagnostics["kdw_mem"].item() == 0.0
     task.after_step(state)
     assert task.model.memory is not None
     task.model.memory.reset()
     feats = torch.randn(1, task.model.feat_dim)
     task.model.memory.write(feats, torch.tensor([0]))  # only identity 0 of 4
     losses, state = task(*batch(p=4, k=2, seed=2))
-    assert state.kd_weights["mem"].item() == pytest.approx(0.25)
+    assert state.diagnostics["kdw_mem"].item() == pytest.approx(0.25)
     assert losses["kd"].item() > 0
 
 
@@ -110,8 +122,8 @@ def test_after_step_writes_every_sample_of_both_modalities() -> None:
     mem = task.model.memory
     assert mem is not None
     assert mem.valid.sum().item() == 8 and mem.pointer.tolist() == [4, 4, 0, 0]
-    # identity 0's slots hold its visible then its infrared features, in batch order
-    torch.testing.assert_close(mem.bank[0, :4], state.features[[0, 1, 4, 5]])
+    # identity 0's slots hold its views interleaved: v0, r0, v1, r1
+    torch.testing.assert_close(mem.bank[0, :4], state.features[[0, 4, 1, 5]])
     assert not mem.valid[0, 4:].any()
 
 

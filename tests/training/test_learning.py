@@ -77,6 +77,10 @@ def test_short_cpu_run_lowers_loss_and_lifts_cross_modality_map_above_chance(tmp
 
     losses = [r["loss"] for r in history]
     assert all(np.isfinite(losses)) and losses[-1] < 0.3 * losses[0], losses
+    # the epoch records carry the distillation weights and the teachers' confidences
+    for key in ("kdw_fuse", "kdw_mem", "conf_student", "conf_fuse", "conf_mem"):
+        assert all(0.0 <= r[key] <= 1.0 for r in history), key
+    assert history[-1]["conf_student"] > 5 * history[0]["conf_student"]
     # the training identities: an infrared image now finds its identity's visible images
     train_after = model_map(trainer, train)
     assert train_after > 3 * train_chance and train_after > 3 * train_before, (

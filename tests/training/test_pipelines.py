@@ -39,6 +39,23 @@ def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_pat
     assert first[1] == first[2]  # the headline column is the headline protocol's curve
     for png in ("cmc.png", "ranked_list.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the chance level of the headline protocol: random unit embeddings on the same queries
+    chance = {m: on_disk[f"chance/sysu/all/single/{m}"] for m in ("rank1", "mAP", "mINP")}
+    assert 0.0 < chance["rank1"] < chance["mAP"] < 100.0
+    assert not any(k.startswith("chance/sysu/indoor") for k in on_disk)  # headline only
+
+
+def test_summary_prints_the_chance_level_next_to_the_result(tiny_shards, model_file, tmp_path) -> None:
+    from pipelines import summary
+
+    shards, cfg = tiny_shards
+    cfg = replace(cfg, eval={"trials": 2, "sysu_modes": ["all"], "sysu_shots": ["single"]})
+    metrics = evaluate_stage.evaluate(cfg, model_file, shards, tmp_path / "eval", torch.device("cpu"))
+    text = summary.main(["--outputs", str(tmp_path)])
+    line = next(x for x in text.splitlines() if "chance (random embeddings)" in x)
+    assert f"mAP {metrics['chance/sysu/all/single/mAP']:.2f}" in line
+    ratio = metrics["sysu/all/single/mAP"] / metrics["chance/sysu/all/single/mAP"]
+    assert f"mAP {ratio:.1f}x chance" in line
 
 
 def test_evaluate_refuses_a_regdb_model_of_another_trial(tiny_shards, model_file, tmp_path) -> None:

@@ -76,9 +76,17 @@ def regdb_entries(aggregated: Mapping[str, Mapping[str, Any]], sampler: str = "r
             for d, a in aggregated.items()}
 
 
-def build_metrics(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``metrics.json`` object: entries plus flat ``<key>/<metric>`` headline keys."""
+def build_metrics(entries: Mapping[str, Mapping[str, Any]],
+                  chance: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """The ``metrics.json`` object: entries plus flat ``<key>/<metric>`` headline keys.
+
+    ``chance``: per protocol key, the metric means on random unit embeddings
+    (:mod:`vireid.evaluation.chance`), stored as ``chance/<key>/<metric>``.
+    """
     out: dict[str, Any] = {"units": UNITS, "std_ddof": 0}
+    for key, means in (chance or {}).items():
+        for name, value in means.items():
+            out[f"chance/{key}/{name}"] = float(value)
     for key, entry in entries.items():
         for field in ("sampler", "trials", "mean", "std", "per_trial"):
             if field not in entry:
@@ -89,9 +97,10 @@ def build_metrics(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_metrics(path: str | os.PathLike[str], entries: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``metrics.json`` (see the module docstring) atomically."""
-    return atomic_write_json(path, build_metrics(entries))
+def write_metrics(path: str | os.PathLike[str], entries: Mapping[str, Mapping[str, Any]],
+                  chance: Mapping[str, Mapping[str, float]] | None = None) -> Path:
+    """Write ``metrics.json`` (see the module docstring and :func:`build_metrics`) atomically."""
+    return atomic_write_json(path, build_metrics(entries, chance))
 
 
 def mean_curve(curves: Sequence[np.ndarray], length: int = 20) -> np.ndarray:

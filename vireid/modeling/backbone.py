@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -82,6 +83,61 @@ def load_pretrained_state(arch: str, weights_path: str = "", model_dir: str | No
     return state
 
 
+class NonLocalBlock(nn.Module):
+    """Non-local attention (Wang et al. 2018), embedded Gaussian, as AGW places it.
+
+    ``z = x + BN(W y)`` with ``y = softmax(theta(x)^T phi(x)) g(x)`` over the h*w positions;
+    theta, phi, g are 1x1 convolutions to ``channels // reduction`` channels and the BN's
+    weight and bias start at zero, so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, reduction: int = 2) -> None:
+        super().__init__()
+        inter = max(1, channels // reduction)
+        self.inter = inter
+        self.theta = nn.Conv2d(channels, inter, 1)
+        self.phi = nn.Conv2d(channels, inter, 1)
+        self.g = nn.Conv2d(channels, inter, 1)
+        self.W = nn.Sequential(nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x [B,C,h,w] -> [B,C,h,w]
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # [B,hw,c']
+        phi = self.phi(x).flatten(2)  # [B,c',hw]
+        g = self.g(x).flatten(2).transpose(1, 2)  # [B,hw,c']
+        attn = torch.softmax(theta @ phi, dim=-1)  # [B,hw,hw] embedded Gaussian
+        y = (attn @ g).transpose(1, 2).reshape(b, self.inter, h, w)  # [B,c',h,w]
+        return x + self.W(y)
+
+
+# Non-local blocks per stage: block indices (0-based, within layer2 / layer3) after which a
+# block is inserted. ResNet-50 follows AGW's non_layers=[0,2,3,0] (the last 2 bottlenecks of
+# layer2, the last 3 of layer3); ResNet-18 (2 blocks per stage) and tiny (1) get one after
+# the last block of layer2 and of layer3, the same depth positions at their scale.
+NON_LOCAL_AFTER = {
+    "resnet50": {"layer2": (2, 3), "layer3": (3, 4, 5)},
+    "resnet18": {"layer2": (1,), "layer3": (1,)},
+    "tiny": {"layer2": (0,), "layer3": (0,)},
+}
+
+
+def _with_non_local(layer: nn.Sequential, after: tuple[int, ...]) -> nn.Sequential:
+    """``layer`` with a :class:`NonLocalBlock` named ``nl<i>`` after each block ``i`` in ``after``.
+
+    The residual blocks keep their names (``0``, ``1``, ...), so ImageNet weights map as before.
+    """
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, block in enumerate(layer):
+        modules[str(i)] = block
+        if i in after:
+            channels = block.bn3.num_features if hasattr(block, "bn3") else block.bn2.num_features
+            modules[f"nl{i}"] = NonLocalBlock(channels)
+    return nn.Sequential(modules)
+
+
 def _set_last_stride(layer4: nn.Sequential, stride: int) -> None:
     """Set the stride of layer4's first block (its strided conv and its downsample)."""
     block = layer4[0]
@@ -98,10 +154,11 @@ class TwoStreamResNet(nn.Module):
 
     ``pretrained``: start from ImageNet weights (``weights_path`` if given, else torchvision's
     download into ``model_dir``); the same weights go into both stems and the shared layers.
+    ``non_local``: insert AGW's non-local blocks (:data:`NON_LOCAL_AFTER`) into layer2/layer3.
     """
 
     def __init__(self, arch: str = "resnet50", pretrained: bool = True, weights_path: str = "",
-                 last_stride: int = 1, model_dir: str | None = None) -> None:
+                 last_stride: int = 1, model_dir: str | None = None, non_local: bool = False) -> None:
         super().__init__()
         base = _plain_resnet(arch)
         if pretrained:
@@ -110,6 +167,10 @@ class TwoStreamResNet(nn.Module):
         self.stems = nn.ModuleList([stem, copy.deepcopy(stem)])
         self.layer1, self.layer2, self.layer3, self.layer4 = base.layer1, base.layer2, base.layer3, base.layer4
         _set_last_stride(self.layer4, last_stride)
+        if non_local:
+            after = NON_LOCAL_AFTER[arch]
+            self.layer2 = _with_non_local(self.layer2, after["layer2"])
+            self.layer3 = _with_non_local(self.layer3, after["layer3"])
         self.out_channels: int = base.fc.in_features
         self.arch = arch
 

@@ -1,10 +1,12 @@
 """Loss terms of METHOD.md sections 0, 1 and 3, as plain functions on tensors.
 
-Cross-modality triplet, our reading: every sample is an anchor; its positives are the
-samples of the same identity in the *other* modality and its negatives the samples of other
-identities in the other modality. The loss is averaged over anchors of both modalities.
-This is the variant of AGW's/HcTri's cross-modality metric learning that asks directly for
-what VI-ReID is tested on (a visible query ranked against an infrared gallery, and back).
+Every term is a per-sample mean over the samples it covers. Triplet distances are computed
+in float32 with autocast off: under bf16 autocast ``x @ x.t()`` at GeM-output norms is off
+by more than the margin.
+
+Triplet mining (``pairs``): ``"all"`` (AGW's training, the default) takes every sample of
+the batch as an anchor, positives of the same identity and negatives of other identities
+from both modalities; ``"cross_modality"`` takes partners from the other modality only.
 """
 
 from __future__ import annotations
@@ -13,34 +15,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+TRIPLET_PAIRS = ("all", "cross_modality")
+
 
 def identity_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of ``logits [N,C]`` against ``labels [N]`` (optional label smoothing)."""
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
-def _cross_modality_masks(labels: Tensor, modalities: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Partner masks [N,N]: positives, negatives (both from the other modality), other modality."""
-    same_id = labels[:, None] == labels[None, :]  # [N,N]
-    other_mod = modalities[:, None] != modalities[None, :]  # [N,N]
-    return same_id & other_mod, ~same_id & other_mod, other_mod
+def _partner_masks(labels: Tensor, modalities: Tensor, pairs: str) -> tuple[Tensor, Tensor]:
+    """Positive and negative partner masks ``[N,N]`` of every anchor.
 
-
-def _pairwise_dist(x: Tensor) -> Tensor:
-    # x [N,d] -> Euclidean distances [N,N] (clamped before sqrt for a finite gradient)
-    sq = x.pow(2).sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * x @ x.t()
-    return d2.clamp(min=1e-12).sqrt()
-
-
-def hard_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor, margin: float = 0.3) -> Tensor:
-    """Cross-modality batch-hard triplet: mean over anchors of
-    ``relu(max_p d(a,p) - min_n d(a,n) + margin)``, p / n from the other modality.
-
-    features [N,d]; anchors without a cross-modality positive and negative are skipped.
+    ``"all"`` counts the anchor among its own positives, as AGW's ``TripletLoss_WRT`` does
+    (distance 0: no effect on the hardest positive; in the soft weighting it takes its share).
     """
-    dist = _pairwise_dist(features.float())  # [N,N]
-    pos, neg, _ = _cross_modality_masks(labels, modalities)
+    if pairs not in TRIPLET_PAIRS:
+        raise ValueError(f"loss.triplet_pairs: unknown mining {pairs!r} ({', '.join(TRIPLET_PAIRS)})")
+    same_id = labels[:, None] == labels[None, :]  # [N,N]
+    if pairs == "cross_modality":
+        other_mod = modalities[:, None] != modalities[None, :]  # [N,N]
+        return same_id & other_mod, ~same_id & other_mod
+    return same_id, ~same_id
+
+
+def pairwise_distances(x: Tensor) -> Tensor:
+    """Euclidean distances ``[N,N]`` of ``x [N,d]`` in float32 (autocast off), clamped
+    before the square root for a finite gradient."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(1)  # [N]
+        d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())  # [N,N]
+        return d2.clamp(min=1e-12).sqrt()
+
+
+def hard_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor, margin: float = 0.3,
+                      pairs: str = "all") -> Tensor:
+    """Batch-hard triplet: mean over anchors of ``relu(max_p d(a,p) - min_n d(a,n) + margin)``.
+
+    features [N,d]; anchors without a positive and a negative partner are skipped.
+    """
+    dist = pairwise_distances(features)  # [N,N]
+    pos, neg = _partner_masks(labels, modalities, pairs)
     ok = pos.any(1) & neg.any(1)  # [N]
     if not bool(ok.any()):
         return dist.sum() * 0.0
@@ -50,12 +65,15 @@ def hard_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor, marg
     return F.relu(hardest_pos - hardest_neg + margin).mean()
 
 
-def weighted_regularised_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor) -> Tensor:
-    """AGW's weighted-regularisation triplet, cross-modality: softmax(d)-weighted positives,
-    softmax(-d)-weighted negatives, soft margin ``log(1 + exp(d_p - d_n))``; mean over anchors.
+def weighted_regularised_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor,
+                                      pairs: str = "all") -> Tensor:
+    """AGW's weighted-regularisation triplet: softmax(d)-weighted positives, softmax(-d)-weighted
+    negatives, soft margin ``log(1 + exp(d_p - d_n))``; mean over anchors.
+
+    With ``pairs="all"`` this is AGW's ``TripletLoss_WRT`` on the whole batch.
     """
-    dist = _pairwise_dist(features.float())  # [N,N]
-    pos, neg, _ = _cross_modality_masks(labels, modalities)
+    dist = pairwise_distances(features)  # [N,N]
+    pos, neg = _partner_masks(labels, modalities, pairs)
     ok = pos.any(1) & neg.any(1)  # [N]
     if not bool(ok.any()):
         return dist.sum() * 0.0
@@ -67,20 +85,24 @@ def weighted_regularised_triplet_loss(features: Tensor, labels: Tensor, modaliti
     return F.softplus(d_pos - d_neg).mean()
 
 
-def triplet_loss(kind: str, features: Tensor, labels: Tensor, modalities: Tensor, margin: float) -> Tensor:
-    """Dispatch on ``loss.triplet`` ("hard" or "wrt")."""
+def triplet_loss(kind: str, features: Tensor, labels: Tensor, modalities: Tensor, margin: float,
+                 pairs: str = "all") -> Tensor:
+    """Dispatch on ``loss.triplet`` ("hard" or "wrt") with ``loss.triplet_pairs`` mining."""
     if kind == "hard":
-        return hard_triplet_loss(features, labels, modalities, margin)
+        return hard_triplet_loss(features, labels, modalities, margin, pairs)
     if kind == "wrt":
-        return weighted_regularised_triplet_loss(features, labels, modalities)
+        return weighted_regularised_triplet_loss(features, labels, modalities, pairs)
     raise ValueError(f"loss.triplet: unknown variant {kind!r} (hard, wrt)")
 
 
 def dual_classifier_loss(logits_v: Tensor, labels_v: Tensor, logits_r: Tensor, labels_r: Tensor,
                          label_smoothing: float = 0.0) -> Tensor:
-    """``CE(W^v g^v, y) + CE(W^r g^r, y)``: each modality classifier sees only its modality."""
-    return (identity_loss(logits_v, labels_v, label_smoothing)
-            + identity_loss(logits_r, labels_r, label_smoothing))
+    """Mean over all 2n samples of ``CE(W^m g^m, y)``: each modality classifier sees only its
+    modality (``logits_v [n,C]``, ``logits_r [n',C]``)."""
+    n_v, n_r = logits_v.shape[0], logits_r.shape[0]
+    ce_v = identity_loss(logits_v, labels_v, label_smoothing)
+    ce_r = identity_loss(logits_r, labels_r, label_smoothing)
+    return (n_v * ce_v + n_r * ce_r) / (n_v + n_r)
 
 
 def fused_feature_loss(fused_logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -52,7 +52,8 @@ class VIReIDModel(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.cfg, self.num_classes = cfg, num_classes
-        self.backbone = TwoStreamResNet(cfg.arch, cfg.pretrained, cfg.weights_path, cfg.last_stride, model_dir)
+        self.backbone = TwoStreamResNet(cfg.arch, cfg.pretrained, cfg.weights_path, cfg.last_stride,
+                                        model_dir, cfg.non_local)
         self.feat_dim: int = self.backbone.out_channels
         self.pool = GeM(cfg.gem_p)
         self.bnneck = BNNeck(self.feat_dim)

@@ -20,13 +20,15 @@ class TaskState:
     """What one step hands to :meth:`ReIDTask.after_step` (and to logging).
 
     ``features [B,d]``: detached BNNeck features g of the batch; ``labels [B]``;
-    ``kd_weights``: mean distillation weight per teacher (``fuse``, ``mem``), detached 0-dim
-    tensors, empty when distillation is off.
+    ``diagnostics``: detached 0-dim tensors logged per epoch: ``kdw_<teacher>``, the mean
+    distillation weight per teacher (``fuse``, ``mem``; only when distilling), and
+    ``conf_<who>``, the mean softmax probability of the true identity under the student's
+    logits (``student``) and each teacher's (only samples the teacher covers).
     """
 
     features: Tensor
     labels: Tensor
-    kd_weights: dict[str, Tensor]
+    diagnostics: dict[str, Tensor]
 
 
 def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
@@ -56,9 +58,10 @@ def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
 class ReIDTask(nn.Module):
     """Computes the method's named loss terms for a sampler batch (METHOD.md sections 0-3).
 
-    Terms: ``id`` (shared classifier on g), ``tri`` (cross-modality triplet on f, unless
-    ``loss.triplet`` is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when
-    ``loss.distill``). The task holds no optimiser and no parameters of its own.
+    Terms: ``id`` (shared classifier on g), ``tri`` (triplet on f, unless ``loss.triplet``
+    is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when ``loss.distill``).
+    :meth:`total` weighs them with ``loss.weights``. The task holds no optimiser and no
+    parameters of its own.
     """
 
     def __init__(self, model: VIReIDModel, loss_cfg: LossConfig) -> None:
@@ -77,7 +80,8 @@ class ReIDTask(nn.Module):
         logits = F.linear(g, w)  # [B,C]
         losses: dict[str, Tensor] = {"id": L.identity_loss(logits, labels, cfg.label_smoothing)}
         if cfg.triplet != "none":
-            losses["tri"] = L.triplet_loss(cfg.triplet, f, labels, modalities, cfg.margin)
+            losses["tri"] = L.triplet_loss(cfg.triplet, f, labels, modalities, cfg.margin,
+                                           cfg.triplet_pairs)
         teachers: list[tuple[Tensor, Tensor | None]] = []
         names: list[str] = []
         if model.dual_classifiers is not None:
@@ -95,23 +99,53 @@ class ReIDTask(nn.Module):
             mem_logits = F.linear(m[labels].to(g.dtype), w.detach())  # [B,C]
             teachers.append((mem_logits, has[labels]))
             names.append("mem")
-        kd_weights: dict[str, Tensor] = {}
+        diagnostics = {"conf_student": _true_class_confidence(logits, labels, None)}
+        for name, (t_logits, present) in zip(names, teachers, strict=True):
+            diagnostics[f"conf_{name}"] = _true_class_confidence(t_logits, labels, present)
         if cfg.distill:
             losses["kd"], weights = L.distillation_loss(logits, teachers, labels, cfg.temperature,
                                                         cfg.dynamic)
-            kd_weights = {k: v.mean().detach() for k, v in zip(names, weights, strict=True)}
-        return losses, TaskState(g.detach(), labels.detach(), kd_weights)
+            diagnostics.update({f"kdw_{k}": v.mean().detach() for k, v in zip(names, weights, strict=True)})
+        return losses, TaskState(g.detach(), labels.detach(), diagnostics)
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum_k loss.weights.k * losses[k]`` in float32 (0-dim)."""
+        w = self.cfg.weights
+        return torch.stack([getattr(w, k) * v.float() for k, v in losses.items()]).sum()
 
     @torch.no_grad()
     def after_step(self, state: TaskState) -> None:
-        """Write the step's features into the memory (all ranks' features when distributed)."""
+        """Write the step's features into the memory (all ranks' features when distributed).
+
+        The batch's ``[visible block, infrared block]`` is interleaved (v0, r0, v1, r1, ...)
+        before the write, so that the last S views of an identity hold both modalities for
+        every S >= 2 (METHOD.md section 2, "multi-view").
+        """
         memory = self.model.memory
         if memory is None:
             return
-        features, labels = state.features, state.labels
+        order = interleave_modalities(state.labels.shape[0], state.labels.device)  # [B]
+        features, labels = state.features[order], state.labels[order]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             features, labels = all_gather_rows(features.float()), all_gather_rows(labels)
         memory.write(features, labels)
+
+
+def interleave_modalities(b: int, device: torch.device | None = None) -> Tensor:
+    """Row order ``[0, n, 1, n+1, ...]`` of a ``[visible block, infrared block]`` batch of ``b = 2n``."""
+    n = b // 2
+    half = torch.arange(n, device=device)
+    return torch.stack([half, half + n], 1).reshape(-1)  # [2n]
+
+
+@torch.no_grad()
+def _true_class_confidence(logits: Tensor, labels: Tensor, present: Tensor | None) -> Tensor:
+    """Mean ``softmax(logits)[y]`` over the samples where ``present`` (all when None); 0-dim."""
+    q = torch.softmax(logits.float(), 1).gather(1, labels[:, None]).squeeze(1)  # [N]
+    if present is None:
+        return q.mean()
+    p = present.to(q.dtype)
+    return (q * p).sum() / p.sum().clamp(min=1.0)
 
 
 def all_gather_rows(x: Tensor) -> Tensor:

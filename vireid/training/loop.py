@@ -210,8 +210,9 @@ def train_one_epoch(
     ``augment``: applied to each image batch once it is on ``device`` (the loader then
     yields uint8 batches, see :func:`device_augment`); None: the loader's images as they are.
     bf16 autocast is used only when ``amp`` and ``device`` is a GPU. ``on_step(i, terms)``
-    gets each step's loss terms (floats, incl. ``loss``). Returns the epoch means of every
-    term and ``loss`` (averaged over ranks when distributed), ``steps``, ``images`` (all
+    gets each step's loss terms (floats, incl. ``loss``, the ``loss.weights``-weighted total).
+    Returns the epoch means of every term, ``loss`` and the task's diagnostics (``kdw_*``
+    distillation weights, ``conf_*`` true-class confidences) (averaged over ranks when distributed), ``steps``, ``images`` (all
     ranks), ``seconds`` and ``images_per_s``.
     """
     task.train()
@@ -228,7 +229,7 @@ def train_one_epoch(
         m = batch["modality"].to(device, non_blocking=True).long()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             losses, state = task(x, y, m)
-        loss = torch.stack([v.float() for v in losses.values()]).sum()
+        loss = task.total(losses)  # weighted by loss.weights
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in losses.items()}
             raise FloatingPointError(f"epoch {epoch + 1} step {i}: non-finite loss {terms}")
@@ -242,6 +243,8 @@ def train_one_epoch(
         terms["loss"] = float(loss.detach())
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
+        for k, v in state.diagnostics.items():  # kdw_*, conf_*: epoch means, not in on_step
+            sums[k] = sums.get(k, 0.0) + float(v)
         steps += 1
         images += x.shape[0] * world
         if on_step is not None:
