@@ -167,6 +167,24 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result set from several (parallel runs of other seeds or configurations); they must
+    share shards, protocol, epochs and overrides."""
+    first = parts[0]
+    for key in ("shards_sha256", "protocol", "epochs", "overrides"):
+        values = {json.dumps(p.get(key)) for p in parts}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the files differ in {key}: {sorted(values)}")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for p in parts:
+        for name, rows in p["results"].items():
+            have = {r["seed"] for r in results.setdefault(name, [])}
+            results[name].extend(r for r in rows if r["seed"] not in have)
+    order = [n for n in CONFIGS if n in results] + [n for n in results if n not in CONFIGS]
+    return {**first, "seeds": sorted({s for p in parts for s in p["seeds"]}),
+            "results": {n: sorted(results[n], key=lambda r: r["seed"]) for n in order}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -177,13 +195,24 @@ def main() -> None:
                     help="override params for every configuration (YAML values)")
     ap.add_argument("--shards", default="", help="prepared shards to reuse (default: generate and prepare)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (two 1-thread runs in parallel use 2 cores better)")
     ap.add_argument("--loader-workers", type=int, default=-1, help="override train.loader_workers")
     ap.add_argument("--json", default="", help="results file; runs it already holds are skipped")
     ap.add_argument("--plot", default="", help="PNG of the validation curves")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
+                    help="only combine result files of parallel runs (same shards) into --json and report")
     args = ap.parse_args()
+    if args.merge:
+        merged = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
+        if args.json:
+            Path(args.json).write_text(json.dumps(merged, indent=1))
+        print(report(merged))
+        if args.plot:
+            print(f"curves: {plot_curves(merged, Path(args.plot))}")
+        return
     device = torch.device(args.device)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     base = config_from_dict(yaml.safe_load(Path(args.params).read_text()))
     # one protocol (the headline), and the pipeline's settings otherwise
     mode, shot = base.eval.headline.split("/")[1:3]
