@@ -10,7 +10,7 @@ is 1 if any failed, 0 otherwise.
     uv run --frozen python bench/run_all.py                        # all but the ablation (30-40 min on 2 cores)
     uv run --frozen python bench/run_all.py --list                 # names and commands, runs nothing
     uv run --frozen python bench/run_all.py --only cpu_train_step loader
-    uv run --frozen python bench/run_all.py --with-ablation        # + the ablation (about an hour or more on a CPU)
+    uv run --frozen python bench/run_all.py --with-ablation        # + the ablation (about two hours on 2 CPU cores)
 
 ``make bench`` runs the first form. The GPU training step runs only where
 ``torch.cuda.is_available()``; elsewhere it is reported as skipped. The two documented
@@ -84,12 +84,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench/bench_ray_overhead.py", "--epochs", "8", "--order", "prrp",
         "--json", "bench/results/ray_overhead_prrp.json",
     ), env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}),
-    # docs/method.md "Measured on the synthetic data": 12 trainings of 113-484 s (42 min)
-    # plus data and evaluation; an hour or more on a loaded CPU. Only with --with-ablation.
+    # docs/method.md "Measured on the synthetic data": 25 trainings of 40 epochs (5 configurations
+    # x 5 seeds, 3-6 min each on 2 cores), about two hours. Needs the prepared shards
+    # (`uv run dvc repro prepare`). Only with --with-ablation.
     Benchmark("ablation", (
-        "bench/ablation.py", "--seeds", "0", "1", "2", "--configs", "baseline", "+ fusion",
-        "+ distillation (static)", "+ distillation (dynamic) = full",
-        "--json", "bench/results/ablation_cpu.json",
+        "bench/ablation.py", "--shards", "data/shards", "--seeds", "0", "1", "2", "3", "4",
+        "--plot", "docs/img/ablation_curves.png", "--json", "bench/results/ablation_cpu.json",
     ), ablation=True),
 )
 
