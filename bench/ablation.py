@@ -53,7 +53,8 @@ CONFIGS: dict[str, dict[str, dict[str, object]]] = {
                                         "loss": {"distill": True, "dynamic": True}},
 }
 METRICS = ("rank1", "mAP", "mINP")
-CURVE_KEYS = ("val_mAP", "val_rank1", "loss", "seconds")
+CURVE_KEYS = ("val_mAP", "val_rank1", "val_v2i_mAP", "loss", "id", "tri", "dual", "fuse", "kd", "kdw_fuse",
+              "kdw_mem", "conf_student", "conf_fuse", "conf_mem", "seconds")
 
 
 def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, Any]:

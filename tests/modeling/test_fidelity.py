@@ -148,3 +148,24 @@ def test_diagnostics_are_teacher_confidences_and_kd_weights() -> None:
         assert not v.requires_grad
     no_kd = make_task(model={"fusion": True, "memory": False}, loss={"distill": False})
     assert set(no_kd(*batch())[1].diagnostics) == {"conf_student", "conf_fuse"}
+
+
+def test_memory_without_distillation_changes_nothing() -> None:
+    # the memory's only reader is the distillation: "+ memory" without it trains exactly as
+    # "+ fusion" (the ablation reports it so, docs/method.md)
+    runs = []
+    for memory in (False, True):
+        task = make_task(model={"fusion": True, "memory": memory}, loss={"distill": False})
+        opt = torch.optim.SGD(task.model.parameters(), lr=0.1, momentum=0.9)
+        losses_seen = []
+        for step in range(3):
+            losses, state = task(*batch(seed=step))
+            opt.zero_grad()
+            task.total(losses).backward()
+            opt.step()
+            task.after_step(state)
+            losses_seen.append({k: v.item() for k, v in losses.items()})
+        runs.append((losses_seen, {k: v for k, v in task.model.state_dict().items() if not k.startswith("memory")}))
+    (a, wa), (b, wb) = runs
+    assert a == b
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
