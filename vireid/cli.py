@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vireid`` script; returns the exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # stderr carries the error line only: no MLflow download progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command in ("search", "mlflow-ui") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from vireid.config import ConfigError
