@@ -1,4 +1,5 @@
-"""Shared helpers of the pipeline entry points: params.yaml -> Config, logging."""
+"""Shared helpers of the pipeline entry points: params.yaml -> Config, logging, and
+:func:`run_entry` (expected errors as one line and exit code 2, see :mod:`vireid.errors`)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,44 @@ from pathlib import Path
 import yaml
 
 from vireid.config import Config, ConfigError, config_from_dict
+from vireid.errors import run_entry
+
+__all__ = ["load_config", "run_entry", "setup_logging", "stage_parser"]
 
 
 def stage_parser(description: str | None) -> argparse.ArgumentParser:
     """An argument parser for a stage entry point, with the ``--params`` option every stage has."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error too (also: VIREID_DEBUG=1)")
     return parser
 
 
 def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
-    """Read ``path`` with ``yaml.safe_load`` and validate it into a :class:`Config`."""
+    """Read ``path`` with ``yaml.safe_load`` and validate it into a :class:`Config`.
+
+    Every :class:`ConfigError` names the file first (``params.yaml: model.memory_size: ...``);
+    a YAML syntax error is a ConfigError naming file, line and column.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a parameters file")
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found")
-    with path.open(encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
-    return config_from_dict(params if params is not None else {})
+    try:
+        with path.open(encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable parameters file ({e})") from e
+    try:
+        return config_from_dict(params if params is not None else {})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def setup_logging(level: int = logging.INFO) -> None:

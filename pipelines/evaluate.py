@@ -13,6 +13,7 @@ run record exists, the metrics and plots are logged into that run.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import load_config, setup_logging, stage_parser
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser
 from vireid.config import Config
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sample import Modality, Sample
@@ -66,7 +67,10 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     model, meta = load_model(model_path, device, dataset=dataset, image_height=cfg.data.image_height,
                              image_width=cfg.data.image_width)
     if dataset == "regdb":  # a model trained on another split trial would see test identities
-        regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+        try:
+            regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+        except regdb_eval.TrialMismatchError as e:
+            raise regdb_eval.TrialMismatchError(f"{model_path}: {e}") from e
     shards = ShardSet(shards_dir)
     if meta.get("shards_sha256") and meta["shards_sha256"] != shards.manifest.get("sha256_total"):
         log.warning("%s was trained on other shards (%s) than %s (%s)", model_path,
@@ -138,4 +142,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.common import load_config, setup_logging, stage_parser
+import sys
+
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser
 from vireid.data.prepare import prepare
 
 
@@ -15,4 +17,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config, setup_logging, stage_parser
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser
 from vireid.config import config_to_dict
 from vireid.io import atomic_write_json
 from vireid.tracking import (
@@ -92,4 +93,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

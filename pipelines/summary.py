@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config, stage_parser
+from pipelines.common import load_config, run_entry, stage_parser
 from vireid.tracking import resolve_target
 
 
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -7,8 +7,9 @@ The tree is built under a temporary name and renamed into place (atomic).
 from __future__ import annotations
 
 import logging
+import sys
 
-from pipelines.common import load_config, setup_logging, stage_parser
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser
 from vireid.data.synthetic import generate_regdb, generate_sysu
 
 log = logging.getLogger("pipelines.synth")
@@ -29,4 +30,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -11,6 +11,7 @@ checkpoint; changed parameters or data give another run name and start afresh.
 from __future__ import annotations
 
 import os
+import sys
 
 # Under `uv run` (make run), Ray would otherwise ship the whole project directory, .venv
 # included, to every worker. Must be set before ray is imported.
@@ -20,10 +21,11 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser  # noqa: E402
 from vireid.config import config_to_dict  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.io import atomic_write_json  # noqa: E402
+from vireid.modeling.backbone import load_pretrained_state  # noqa: E402
 from vireid.tracking import (  # noqa: E402
     end_run,
     git_commit,
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
+        load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
     repo = Path.cwd()
     shards = ShardSet(args.shards)
     target = resolve_target(cfg.track, repo)
@@ -79,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -16,6 +16,7 @@ the stage joins that cluster; otherwise it starts a local Ray with the CPUs that
 from __future__ import annotations
 
 import os
+import sys
 
 # Under `uv run`, Ray would otherwise ship the whole project directory, .venv included, to
 # every worker. Must be set before ray is imported.
@@ -25,7 +26,7 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import load_config, run_entry, setup_logging, stage_parser  # noqa: E402
 from vireid.tracking import resolve_target  # noqa: E402
 from vireid.tuning import run_search  # noqa: E402
 
@@ -61,4 +62,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -106,14 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vireid", description="Pipeline stages, dvc repro, image search and the MLflow UI.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error too (also: VIREID_DEBUG=1)")
     for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run pipelines/{stage}.py (other options go to the stage)")
+        p = sub.add_parser(stage, parents=[common], help=f"run pipelines/{stage}.py (other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
         p.set_defaults(func=_cmd_stage)
-    p = sub.add_parser("repro", help="dvc repro (arguments go to dvc)")
+    p = sub.add_parser("repro", parents=[common], help="dvc repro (arguments go to dvc)")
     p.set_defaults(func=_cmd_repro)
 
-    p = sub.add_parser("search", help="rank a gallery folder against query image(s)")
+    p = sub.add_parser("search", parents=[common], help="rank a gallery folder against query image(s)")
     p.add_argument("query", nargs="+", help="query image file(s) or folder(s)")
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--model", default="models:/vireid@champion",
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("mlflow-ui", help="MLflow UI/server over the pipeline's store")
+    p = sub.add_parser("mlflow-ui", parents=[common], help="MLflow UI/server over the pipeline's store")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: local only)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     p.add_argument("--tracking-uri", default="", help="store to serve (default: from --params)")
@@ -150,22 +153,29 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vireid`` script; returns the exit code."""
+    """Entry point of the ``vireid`` script; returns the exit code.
+
+    Expected errors (bad parameters, data, checkpoints, model URIs, paths) print one line
+    ``error: <file or key>: <what> (<hint>)`` on stderr and return 2 (:mod:`vireid.errors`);
+    ``--debug`` or ``VIREID_DEBUG=1`` shows their traceback.
+    """
+    from vireid.errors import debug_requested, run_entry
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # stderr carries the error line only: no MLflow download progress bars
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command in ("search", "mlflow-ui") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from vireid.config import ConfigError
-    from vireid.search import SearchError
-    from vireid.tracking.store import TrackingError
+    # stderr carries the error line only: no MLflow download progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    code = 0
 
-    try:
-        return int(args.func(args, extra) or 0)
-    except (CLIError, SearchError, TrackingError, ConfigError) as e:
-        print(f"vireid {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    def work(_: list[str]) -> None:
+        nonlocal code
+        code = int(args.func(args, extra) or 0)
+
+    failed = run_entry(work, argv, debug=bool(args.debug) or debug_requested(extra))
+    return failed or code
 
 
 if __name__ == "__main__":
