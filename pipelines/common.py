@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from vireid.config import Config, ConfigError, config_from_dict
+from vireid.config import SECTIONS, Config, ConfigError, check_params, config_from_dict
 from vireid.errors import run_entry
 
 __all__ = ["load_config", "run_entry", "setup_logging", "stage_parser"]
@@ -29,7 +29,9 @@ def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
     """Read ``path`` with ``yaml.safe_load`` and validate it into a :class:`Config`.
 
     Every :class:`ConfigError` names the file first (``params.yaml: model.memory_size: ...``);
-    a YAML syntax error is a ConfigError naming file, line and column.
+    a YAML syntax error is a ConfigError naming file, line and column. An empty file or a
+    missing section is an error (as under ``dvc repro``); the cross-checks of
+    :func:`vireid.config.check_params` (milestones and warm-up within ``train.epochs``) apply.
     """
     path = Path(path)
     if path.is_dir():
@@ -45,10 +47,23 @@ def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
         raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: unreadable parameters file ({e})") from e
+    if params is None:
+        raise ConfigError(f"{path}: is empty (it needs every section: {', '.join(SECTIONS)}; "
+                          "start from the repository's params.yaml)")
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got "
+                          f"{type(params).__name__}")
+    missing = [name for name in SECTIONS if name not in params]
+    if missing:  # as dvc repro, which fails on a params key that dvc.yaml lists and the file lacks
+        raise ConfigError(f"{path}: no {', '.join(missing)} section{'s' if len(missing) > 1 else ''} "
+                          "(every section must be present, as dvc.yaml reads them; copy it from the "
+                          "repository's params.yaml)")
     try:
-        return config_from_dict(params if params is not None else {})
+        cfg = config_from_dict(params)
+        check_params(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+    return cfg
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -13,12 +13,14 @@ import pytest
 import torch
 import yaml
 
+from tests._params import params_file
 from vireid.errors import error_line, run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
        "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
 ENV.pop("VIREID_DEBUG", None)
+REGDB = {"dataset": "regdb", "image_height": 64, "image_width": 32}
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,12 +45,13 @@ def write_params(path: Path, text: str) -> Path:
 @pytest.fixture(scope="module")
 def regdb_trial1_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny ``model.pt`` trained (well, initialised) for RegDB trial 1."""
-    from vireid.config import Config, DataConfig, ModelConfig, config_to_dict
+    from vireid.config import Config, DataConfig, EvalConfig, ModelConfig, config_to_dict
     from vireid.modeling import VIReIDModel
     from vireid.training.checkpoint import make_meta, save_model
 
     cfg = Config(data=DataConfig(dataset="regdb", regdb_trial=1, image_height=64, image_width=32),
-                 model=ModelConfig(arch="tiny", pretrained=False, memory_size=2))
+                 model=ModelConfig(arch="tiny", pretrained=False, memory_size=2),
+                 eval=EvalConfig(headline="regdb/v2t/mAP"))
     model = VIReIDModel(cfg.model, num_classes=4)
     meta = make_meta(arch="tiny", num_classes=4, feat_dim=model.feat_dim, dataset="regdb", regdb_trial=1,
                      image_height=64, image_width=32, identity_map={"identities": [0, 1, 2, 3]},
@@ -63,13 +66,13 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_config_error_names_the_params_file_and_key(tmp_path: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "data:\n  synth:\n    sysu_identities: 3\n")
+    params = params_file(tmp_path / "p.yaml", {"data": {"synth": {"sysu_identities": 3}}})
     line = one_line_error(run("-m", "pipelines.synth", "--params", str(params)))
     assert line.startswith(f"error: {params}: data.synth.sysu_identities: must be >= 12")
 
 
 def test_debug_flag_and_env_keep_the_traceback(tmp_path: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "model:\n  memory_size: 0\n")
+    params = params_file(tmp_path / "p.yaml", {"model": {"memory_size": 0}})
     proc = run("-m", "pipelines.synth", "--params", str(params), "--debug")
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "model.memory_size" in proc.stderr
     proc = run("-m", "pipelines.synth", "--params", str(params), env={**ENV, "VIREID_DEBUG": "1"})
@@ -79,14 +82,14 @@ def test_debug_flag_and_env_keep_the_traceback(tmp_path: Path) -> None:
 def test_dataset_error_names_the_folder(tmp_path: Path) -> None:
     root = tmp_path / "SYSU-MM01"
     root.mkdir()
-    params = write_params(tmp_path / "p.yaml", f"data:\n  synthetic: false\n  root: {root}\n")
+    params = params_file(tmp_path / "p.yaml", {"data": {"synthetic": False, "root": str(root)}})
     line = one_line_error(run("-m", "pipelines.prepare", "--params", str(params), "--out",
                               str(tmp_path / "shards")))
     assert str(root) in line and not (tmp_path / "shards").exists()
 
 
 def test_checkpoint_errors_missing_and_folder(tmp_path: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "data:\n  image_height: 64\n  image_width: 32\n")
+    params = params_file(tmp_path / "p.yaml", {"data": {"image_height": 64, "image_width": 32}})
     for model, what in ((tmp_path / "none.pt", "no such file"), (tmp_path, "is a folder")):
         line = one_line_error(run("-m", "pipelines.evaluate", "--params", str(params), "--model", str(model),
                                   "--out", str(tmp_path / "eval"), "--run-file", str(tmp_path / "r.json")))
@@ -94,8 +97,7 @@ def test_checkpoint_errors_missing_and_folder(tmp_path: Path) -> None:
 
 
 def test_trial_mismatch_names_the_model(tmp_path: Path, regdb_trial1_model: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "data:\n  dataset: regdb\n  regdb_trial: 2\n  image_height: 64\n"
-                                               "  image_width: 32\neval:\n  headline: regdb/v2t/mAP\n")
+    params = params_file(tmp_path / "p.yaml", {"data": REGDB | {"regdb_trial": 2}, "eval": {"headline": "regdb/v2t/mAP"}})
     line = one_line_error(run("-m", "pipelines.evaluate", "--params", str(params), "--model",
                               str(regdb_trial1_model), "--out", str(tmp_path / "eval")))
     assert line.startswith(f"error: {regdb_trial1_model}: ") and "trial 1 cannot be tested on trial 2" in line
@@ -105,24 +107,23 @@ def test_corrupt_shard_manifest_is_a_dataset_error(tmp_path: Path, regdb_trial1_
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "manifest.json").write_text("{not json", encoding="utf-8")
-    params = write_params(tmp_path / "p.yaml", "data:\n  dataset: regdb\n  image_height: 64\n  image_width: 32\n"
-                                               "eval:\n  headline: regdb/v2t/mAP\n")
+    params = params_file(tmp_path / "p.yaml", {"data": REGDB, "eval": {"headline": "regdb/v2t/mAP"}})
     line = one_line_error(run("-m", "pipelines.evaluate", "--params", str(params), "--model",
                               str(regdb_trial1_model), "--shards", str(shards), "--out", str(tmp_path / "e")))
     assert line.startswith(f"error: {shards / 'manifest.json'}: unreadable shard manifest")
 
 
 def test_missing_pretrained_weights_stop_train_before_ray(tmp_path: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", f"model:\n  arch: resnet18\n  pretrained: true\n"
-                                               f"  weights_path: {tmp_path / 'r18.pth'}\n")
+    params = params_file(tmp_path / "p.yaml", {"model": {"arch": "resnet18", "pretrained": True,
+                                                         "weights_path": str(tmp_path / "r18.pth")}})
     line = one_line_error(run("-m", "pipelines.train", "--params", str(params), "--shards",
                               str(tmp_path / "s"), "--out", str(tmp_path / "o")))
     assert line.startswith("error: model.weights_path: ") and str(tmp_path / "r18.pth") in line
 
 
 def test_register_without_metrics_is_one_line(tmp_path: Path, regdb_trial1_model: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "data:\n  dataset: regdb\neval:\n  headline: regdb/v2t/mAP\n"
-                                               f"track:\n  tracking_uri: sqlite:///{tmp_path / 'm.db'}\n")
+    params = params_file(tmp_path / "p.yaml", {"data": REGDB, "eval": {"headline": "regdb/v2t/mAP"},
+                                               "track": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
     line = one_line_error(run("-m", "pipelines.register", "--params", str(params), "--model",
                               str(regdb_trial1_model), "--metrics", str(tmp_path / "metrics.json"),
                               "--out", str(tmp_path / "reg.json")))
@@ -130,7 +131,7 @@ def test_register_without_metrics_is_one_line(tmp_path: Path, regdb_trial1_model
 
 
 def test_cli_stage_and_search_errors_are_one_line(tmp_path: Path) -> None:
-    params = write_params(tmp_path / "p.yaml", "eval:\n  trials: 0\n")
+    params = params_file(tmp_path / "p.yaml", {"eval": {"trials": 0}})
     line = one_line_error(run("-m", "vireid.cli", "synth", "--params", str(params)))
     assert line == f"error: {params}: eval.trials: must be in 1..10 (fix the key in the parameters file)"
     proc = run("-m", "vireid.cli", "synth", "--params", str(params), "--debug")
@@ -168,3 +169,14 @@ def test_errors_raised_in_ray_workers_are_unwrapped() -> None:
     assert error_line(wrapped) == f"error: {cause} (see model.weights_path)"
     assert error_line(ControllerError(wrapped)) == error_line(wrapped)
     assert error_line(RuntimeError(torch.__version__)) is None
+
+
+def test_empty_params_file_and_missing_section_through_the_cli(tmp_path: Path) -> None:
+    empty = write_params(tmp_path / "empty.yaml", "")
+    line = one_line_error(run("-m", "vireid.cli", "synth", "--params", str(empty)))
+    assert line.startswith(f"error: {empty}: is empty")
+    params = yaml.safe_load(params_file(tmp_path / "p.yaml").read_text(encoding="utf-8"))
+    del params["track"]
+    no_track = write_params(tmp_path / "no_track.yaml", yaml.safe_dump(params))
+    line = one_line_error(run("-m", "pipelines.synth", "--params", str(no_track)))
+    assert line.startswith(f"error: {no_track}: no track section")

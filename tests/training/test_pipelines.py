@@ -45,7 +45,7 @@ def test_evaluate_refuses_a_regdb_model_of_another_trial(tiny_shards, model_file
     shards, cfg = tiny_shards
     obj = read_model_file(model_file)
     save_model(tmp_path / "regdb.pt", obj["model"], dict(obj["meta"], dataset="regdb", regdb_trial=1))
-    regdb_cfg = replace(cfg, data={"dataset": "regdb", "regdb_trial": 2})
+    regdb_cfg = replace(cfg, data={"dataset": "regdb", "regdb_trial": 2}, eval={"headline": "regdb/v2t/mAP"})
     with pytest.raises(TrialMismatchError, match="trial 1 cannot be tested on trial 2"):
         evaluate_stage.evaluate(regdb_cfg, tmp_path / "regdb.pt", shards, tmp_path, torch.device("cpu"))
     with pytest.raises(CheckpointMismatchError, match="dataset"):
