@@ -12,8 +12,9 @@ import yaml
 
 from vireid.config import SECTIONS, Config, ConfigError, check_params, config_from_dict
 from vireid.errors import run_entry
+from vireid.io import remove_stale_temporaries
 
-__all__ = ["load_config", "run_entry", "setup_logging", "stage_parser"]
+__all__ = ["clean_stale_temporaries", "load_config", "run_entry", "setup_logging", "stage_parser"]
 
 
 def stage_parser(description: str | None) -> argparse.ArgumentParser:
@@ -70,3 +71,12 @@ def setup_logging(level: int = logging.INFO) -> None:
     """One-line timestamped log records on stderr (idempotent)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+
+
+def clean_stale_temporaries(*outputs: str | os.PathLike[str]) -> list[Path]:
+    """Remove what a killed run of this stage left beside its ``outputs`` (``.<name>.*.tmp``,
+    ``.<name>.old``: a whole shard set each for ``data/.shards.*.tmp``), logging each."""
+    removed = remove_stale_temporaries(*outputs)
+    for path in removed:
+        logging.getLogger("pipelines").warning("removed %s, left by an interrupted run", path)
+    return removed

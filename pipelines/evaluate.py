@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import load_config, run_entry, setup_logging, stage_parser
+from pipelines.common import (
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.config import Config
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sample import Modality, Sample
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     cfg = load_config(args.params)
     out = Path(args.out)
+    clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)

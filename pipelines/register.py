@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config, run_entry, setup_logging, stage_parser
+from pipelines.common import (
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.config import config_to_dict
 from vireid.io import atomic_write_json
 from vireid.tracking import (
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    clean_stale_temporaries(args.out)
     repo = Path.cwd()
     target = resolve_target(cfg.track, repo)
 

@@ -21,7 +21,13 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, run_entry, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.config import config_to_dict  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.io import atomic_write_json  # noqa: E402
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
         load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
     repo = Path.cwd()
+    out = Path(args.out)
+    clean_stale_temporaries(*(out / name for name in ("model.pt", "train_summary.json", "history.csv",
+                                                      "mlflow_run.json")))
     shards = ShardSet(args.shards)
     target = resolve_target(cfg.track, repo)
     run_id = start_pipeline_run(

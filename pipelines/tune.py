@@ -26,7 +26,13 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, run_entry, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.tracking import resolve_target  # noqa: E402
 from vireid.tuning import run_search  # noqa: E402
 
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
     if os.environ.get("RAY_ADDRESS"):
         import ray
 

@@ -68,6 +68,8 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
 
     queries = search.query_paths(args.query)
     gallery = search.list_images(args.gallery)
+    model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
+    search.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
     embed, size = search.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
     q_mod = search.MODALITIES[args.query_modality]
@@ -85,6 +87,8 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
+    import signal
+
     from vireid.tracking import server
     from vireid.tracking.store import local_store, prepare_store
 
@@ -93,12 +97,22 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     artifacts = local_store(Path.cwd())[1] if uri == local_store(Path.cwd())[0] else None
     cmd = server.server_command(uri, artifacts_destination=artifacts, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
-    proc = subprocess.Popen(cmd, env=server.server_env(os.environ))
+    # its own process group, so stopping stops the server and its workers (stop_server), also
+    # when this process is terminated (SIGTERM/SIGHUP) rather than interrupted from a terminal
+    proc = subprocess.Popen(cmd, env=server.server_env(os.environ), start_new_session=True)
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return 0
+    finally:
+        server.stop_server(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery-modality", choices=sorted(MODALITY_NAMES), default=None,
                    help="modality of the gallery images (default: the other one)")
     p.add_argument("--top-k", type=_positive, default=5, help="matches per query (default 5)")
-    p.add_argument("--out", default="search.png", help="picture of the results (default search.png)")
+    p.add_argument("--out", default="search.png",
+                   help="picture of the results (default search.png; an existing file only with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file (never an input)")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per embedding batch")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--tracking-uri", default="", help="MLflow store of models:/ URIs (default: from --params)")

@@ -59,6 +59,24 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return images
 
 
+def check_output(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
+                 force: bool = False) -> Path:
+    """Refuse an output picture path that is a folder, one of the ``inputs`` (query, gallery
+    or model files; never overwritten, even with ``force``) or an existing file without
+    ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise SearchError(f"--out {out}: is a folder; give a file name (e.g. {out / 'search.png'})")
+    target = out.resolve()
+    for p in inputs:
+        if Path(p).resolve() == target:
+            raise SearchError(f"--out {out}: is one of the inputs ({p}); pick another file name "
+                              "(inputs are never overwritten, not even with --force)")
+    if out.exists() and not force:
+        raise SearchError(f"--out {out}: exists; pass --force to overwrite it or pick another name")
+    return out
+
+
 def query_paths(queries: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Query arguments -> image paths: files as given, folders expanded to their images."""
     if not queries:
