@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> str:
         head = metrics.get(cfg.eval.headline)
         lines.append(f"test:      {cfg.eval.headline} = "
                      f"{'n/a' if head is None else f'{head:.2f}'} ({metrics.get('units', '')})")
-        for key in sorted(k for k, v in metrics.items() if isinstance(v, dict)):
+        for key in sorted(k for k, v in metrics.items() if isinstance(v, dict) and "mean" in v):
             mean = metrics[key]["mean"]
             lines.append(f"           {key}: Rank-1 {mean['rank1']:.2f}  mAP {mean['mAP']:.2f}  "
                          f"mINP {mean['mINP']:.2f}")

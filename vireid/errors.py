@@ -28,6 +28,7 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.data.errors", "DatasetError", "fix or replace the file in the dataset tree"),
     ("vireid.training.checkpoint", "CheckpointError", "point at the model.pt the train stage wrote for these parameters"),
     ("vireid.evaluation.regdb", "TrialMismatchError", "evaluate on the trial the model was trained on"),
+    ("vireid.evaluation.provenance", "ShardMismatchError", "evaluate with the shards the model was trained on"),
     ("vireid.evaluation.sysu", "GallerySamplingError", "check eval.official_perm_path and the dataset"),
     ("vireid.modeling.backbone", "PretrainedWeightsError", "see model.weights_path"),
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
