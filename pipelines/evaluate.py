@@ -10,7 +10,9 @@ of the shards' manifest, shard contents, or test identities it trained on). Writ
 shard hashes, dataset, data kind, RegDB trial of the shards, protocol),
 ``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
 one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
-run record exists, the metrics and plots are logged into that run.
+run record exists, the metrics and plots are logged into that run (``track`` says which store
+it must be in: a record of another store, e.g. of the checkout this one was copied from, is
+refused).
 """
 
 from __future__ import annotations
@@ -150,16 +152,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
     if Path(args.run_file).is_file():
-        from vireid.tracking import log_metrics_json, log_plots, read_run_record, resumed_run
-        from vireid.tracking.runs import set_tags
+        from vireid.tracking import (
+            log_metrics_json,
+            log_plots,
+            read_run_record,
+            resolve_target,
+            resumed_run,
+        )
+        from vireid.tracking.runs import check_recorded_run, set_tags
 
-        record = read_run_record(args.run_file)
-        with resumed_run(record["tracking_uri"], record["run_id"]) as run_id:
-            log_metrics_json(record["tracking_uri"], run_id,
-                             {k: v for k, v in metrics.items() if k != PROVENANCE_KEY})
-            set_tags(record["tracking_uri"], run_id,
-                     {f"eval.{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
-            log_plots(record["tracking_uri"], run_id, [out / "cmc.png", out / "ranked_list.png"])
+        target = resolve_target(cfg.track, Path.cwd())
+        run_id = check_recorded_run(read_run_record(args.run_file), args.run_file, target, Path.cwd())
+        uri = target.tracking_uri
+        with resumed_run(uri, run_id):
+            log_metrics_json(uri, run_id, {k: v for k, v in metrics.items() if k != PROVENANCE_KEY})
+            set_tags(uri, run_id, {f"eval.{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
+            log_plots(uri, run_id, [out / "cmc.png", out / "ranked_list.png"])
     headline = metrics.get(cfg.eval.headline)
     print(f"{cfg.eval.headline} = {headline:.2f} % ({metrics['units']}); metrics in {out / 'metrics.json'}")
     return metrics

@@ -36,7 +36,7 @@ from vireid.tracking import (
     start_pipeline_run,
 )
 from vireid.tracking.registry import TAG_DATA_KIND, TAG_EVAL_SHA, TAG_MODEL_SHA, find_version
-from vireid.tracking.runs import get_run, set_tags
+from vireid.tracking.runs import check_recorded_run, set_tags
 from vireid.training.checkpoint import load_model
 
 log = logging.getLogger("pipelines.register")
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if existing is not None and existing.run_id:
         run_id = existing.run_id  # registered before (maybe interrupted): complete, do not duplicate
     elif run_file.is_file():
-        run_id = read_run_record(run_file)["run_id"]
-        get_run(target.tracking_uri, run_id)
+        run_id = check_recorded_run(read_run_record(run_file), run_file, target, repo)
     else:
         log.warning("%s missing: starting a new MLflow run for the registration", run_file)
         run_id = start_pipeline_run(target, config=config_to_dict(cfg), git_commit=commit,

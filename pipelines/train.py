@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         end_run(target.tracking_uri, run_id, "FAILED")
         raise
     end_run(target.tracking_uri, run_id, "FINISHED")
-    atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id))
+    atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id, repo))
     print(f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s); selected epoch {summary['selected_epoch']}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in summary["val_metrics"].items()))
