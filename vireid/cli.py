@@ -76,7 +76,7 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     g_mod = search.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
     results = search.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
                             gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
-                            device=args.device)
+                            device=args.device, on_skip=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for result in results:
         print(f"query {result.query}")
         for m in result.matches:

@@ -108,9 +108,11 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 
-def read_gallery(paths: Sequence[Path]) -> tuple[list[Path], list[Tensor]]:
+def read_gallery(paths: Sequence[Path], on_skip: Callable[[str], None] | None = None
+                 ) -> tuple[list[Path], list[Tensor]]:
     """The readable gallery images and their paths: an unreadable one is skipped with a
-    warning naming it; :class:`SearchError` only when none is readable."""
+    warning naming it (``on_skip(message)``, default: a logged warning); :class:`SearchError`
+    only when none is readable."""
     kept: list[Path] = []
     images: list[Tensor] = []
     skipped: list[str] = []
@@ -119,7 +121,7 @@ def read_gallery(paths: Sequence[Path]) -> tuple[list[Path], list[Tensor]]:
             images.append(read_image(p))
         except SearchError as e:
             skipped.append(str(e))
-            log.warning("warning: skipped a gallery image: %s", e)
+            (on_skip or log.warning)(f"skipped a gallery image: {e}")
             continue
         kept.append(Path(p))
     if not kept:
@@ -162,12 +164,13 @@ def rank(query: Tensor, gallery: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
 
 def search(embed: EmbedFn, queries: Sequence[Path], gallery: Sequence[Path], *,
            image_size: tuple[int, int], query_modality: int, gallery_modality: int,
-           top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[QueryResult]:
+           top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu",
+           on_skip: Callable[[str], None] | None = None) -> list[QueryResult]:
     """Embed queries and gallery, rank the gallery for each query by cosine similarity
     (unreadable gallery images are skipped with a warning, :func:`read_gallery`)."""
     h, w = image_size
     q = embed_images(embed, preprocess([read_image(p) for p in queries], h, w), query_modality, batch_size, device)
-    gallery, g_images = read_gallery(gallery)
+    gallery, g_images = read_gallery(gallery, on_skip)
     g = embed_images(embed, preprocess(g_images, h, w), gallery_modality, batch_size, device)
     sims, idx = rank(q, g, top_k)
     return [QueryResult(Path(qp), [Match(r + 1, Path(gallery[int(j)]), float(s))
