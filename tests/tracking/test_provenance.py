@@ -197,3 +197,58 @@ def test_register_is_idempotent_and_completes_an_interrupted_run(world, tmp_path
     assert (done["version"], done["alias"]) == ("1", "champion") and "interrupted" in done["reason"]
     assert stage.versions() == ["1"]
     assert json.loads((tmp_path / "reg-a.json").read_text())["version"] == "1"
+
+
+KILLER = """
+import os, signal, sys
+from mlflow import MlflowClient
+
+point = sys.argv[1]
+set_tag = MlflowClient.set_model_version_tag
+if point == "alias":  # die when the alias is about to move
+    MlflowClient.set_registered_model_alias = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+else:  # die when the decision is about to be recorded (the alias has moved)
+    def tag(self, name, version, key, value):
+        if key == "decision":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return set_tag(self, name, version, key, value)
+    MlflowClient.set_model_version_tag = tag
+from pipelines import register
+register.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("point", ["alias", "decision"])
+def test_register_killed_half_way_completes_on_rerun(world, tmp_path: Path, point: str) -> None:
+    """SIGKILL the register stage (a separate process) at two points; the rerun completes it
+    with the same version, and no duplicate version appears."""
+    import os
+    import subprocess
+    import sys
+
+    from tests._params import REPO
+
+    stage = Stage(world, tmp_path, f"killed-{point}")
+    cfg = world["cfg"]
+    metrics = stage.evaluate(cfg, world["m1"], world["s1"], "a")
+    params = params_file(tmp_path / "params-k.yaml", config_to_dict(cfg) | {
+        "track": {"tracking_uri": stage.uri, "model_name": stage.name, "experiment": "prov"}})
+    target = TrackingTarget(stage.uri, str(tmp_path / "mlruns" / "artifacts"), "prov")
+    run_id = start_pipeline_run(target, config=config_to_dict(cfg), git_commit="c", data_hash="",
+                                dataset="regdb", protocol="")
+    run_file = tmp_path / "run-a.json"
+    run_file.write_text(json.dumps(run_record(target, run_id)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, "--params", str(params), "--model", str(world["m1"]),
+                           "--metrics", str(metrics), "--run-file", str(run_file), "--out", str(tmp_path / "reg.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert stage.versions() == ["1"] and not (tmp_path / "reg.json").exists()
+    assert "decision" not in stage.client.get_model_version(stage.name, "1").tags
+
+    done = stage.register(cfg, world["m1"], metrics, "a")
+    assert (done["version"], done["alias"], done["reused"]) == ("1", "champion", True)
+    assert stage.versions() == ["1"] and stage.aliases() == {"champion": "1"}
+    assert stage.client.get_model_version(stage.name, "1").tags["decision"] == "champion"
+    again = stage.register(cfg, world["m1"], metrics, "a")
+    assert (again["version"], again["reason"]) == ("1", done["reason"]) and stage.versions() == ["1"]
