@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -14,7 +16,9 @@ from vireid.config import SECTIONS, Config, ConfigError, check_params, config_fr
 from vireid.errors import run_entry
 from vireid.io import remove_stale_temporaries
 
-__all__ = ["clean_stale_temporaries", "load_config", "run_entry", "setup_logging", "stage_parser"]
+__all__ = ["clean_stale_temporaries", "load_config", "run_entry", "setup_logging", "stage_parser",
+           "weights_only_torch_load"]
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
 def stage_parser(description: str | None) -> argparse.ArgumentParser:
@@ -80,3 +84,20 @@ def clean_stale_temporaries(*outputs: str | os.PathLike[str]) -> list[Path]:
     for path in removed:
         logging.getLogger("pipelines").warning("removed %s, left by an interrupted run", path)
     return removed
+
+
+@contextmanager
+def weights_only_torch_load() -> Iterator[None]:
+    """``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` for the block: every ``torch.load`` of the process
+    -- and of the Ray workers it starts, which inherit the environment -- unpickles tensors and
+    plain containers only, even where a library asks for more (torchvision's ImageNet weights
+    download/cache: ``load_state_dict_from_url`` defaults to ``weights_only=False``)."""
+    saved = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = saved

@@ -32,6 +32,7 @@ from pipelines.common import (  # noqa: E402
     run_entry,
     setup_logging,
     stage_parser,
+    weights_only_torch_load,
 )
 from vireid.tracking import resolve_target  # noqa: E402
 from vireid.tuning import run_search  # noqa: E402
@@ -40,6 +41,12 @@ log = logging.getLogger("pipelines.tune")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
+    with weights_only_torch_load():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/tune", help="output directory")

@@ -123,3 +123,21 @@ def test_own_pt2_model_passes_the_checks(target, logged, tiny_model) -> None:
     m = torch.tensor([0, 1, 1])
     with torch.no_grad():
         torch.testing.assert_close(module(x, m), tiny_model.embed(x, m), rtol=1e-4, atol=1e-5)
+
+
+def test_train_stage_loads_torchvision_weights_weights_only(tmp_path: Path) -> None:
+    """torchvision's cached ImageNet weights are read with weights_only=False by default; the
+    train and tune stages force weights-only loading, so a planted cache file runs nothing."""
+    from pipelines.common import weights_only_torch_load
+    from vireid.modeling.backbone import PretrainedWeightsError, load_pretrained_state
+
+    marker = tmp_path / "marker.txt"
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    torch.save(Payload(marker), cache / "resnet18-f37072fd.pth")  # torchvision's cache file name
+    with weights_only_torch_load(), pytest.raises(PretrainedWeightsError, match="could not obtain"):
+        load_pretrained_state("resnet18", model_dir=str(cache))
+    assert not marker.exists()
+    with pytest.raises(PretrainedWeightsError):  # control: without it, the planted file runs
+        load_pretrained_state("resnet18", model_dir=str(cache))
+    assert marker.read_text(encoding="utf-8") == "code ran on load"
