@@ -180,3 +180,16 @@ def test_empty_params_file_and_missing_section_through_the_cli(tmp_path: Path) -
     no_track = write_params(tmp_path / "no_track.yaml", yaml.safe_dump(params))
     line = one_line_error(run("-m", "pipelines.synth", "--params", str(no_track)))
     assert line.startswith(f"error: {no_track}: no track section")
+
+
+def test_interrupted_tune_search_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from vireid.tuning.search import SearchIncomplete
+
+    def tune(_: list[str]) -> None:
+        raise SearchIncomplete("Tune experiment ray_results/tune/tune-ab: 3 of 6 trials finished "
+                               "(interrupted); run again with the same parameters to resume it")
+
+    assert run_entry(tune, []) == 2
+    assert capsys.readouterr().err == ("error: Tune experiment ray_results/tune/tune-ab: 3 of 6 trials finished "
+                                       "(interrupted); run again with the same parameters to resume it "
+                                       "(finished trials are kept)\n")

@@ -33,6 +33,7 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.modeling.backbone", "PretrainedWeightsError", "see model.weights_path"),
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
     ("vireid.search", "SearchError", "check the paths given"),
+    ("vireid.tuning.search", "SearchIncomplete", "finished trials are kept"),
     ("vireid.cli", "CLIError", "see vireid --help"),
     ("yaml", "YAMLError", "fix the YAML syntax"),
 )
