@@ -4,16 +4,22 @@ Reads ``data`` (which dataset and RegDB trial) and ``eval``. Loads ``outputs/tra
 (refusing a model trained for another dataset, image size or RegDB trial), extracts the
 query and gallery features once from the shards, and runs the SYSU-MM01 protocols (every
 ``eval.sysu_modes`` x ``eval.sysu_shots``, ``eval.trials`` gallery draws) or both RegDB
-directions. Writes to ``outputs/eval/``: ``metrics.json`` (percent; DVC metrics),
-the chance level of the headline protocol (random unit embeddings, 10 draws) as
-``chance/<protocol>/<metric>``, ``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
+directions. Refuses shards the model's split was not made from (another dataset, RegDB trial
+of the shards' manifest, shard contents, or test identities it trained on). Writes to
+``outputs/eval/``: ``metrics.json`` (percent; DVC metrics; with its ``provenance``: model and
+shard hashes, dataset, data kind, RegDB trial of the shards, protocol; and the chance level
+of the headline protocol, random unit embeddings, 10 draws, as ``chance/<protocol>/<metric>``),
+``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
 one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
-run record exists, the metrics and plots are logged into that run.
+run record exists, the metrics and plots are logged into that run (``track`` says which store
+it must be in: a record of another store, e.g. of the checkout this one was copied from, is
+refused).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.common import load_config, setup_logging, stage_parser
+from pipelines.common import (
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.config import Config
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sample import Modality, Sample
@@ -31,7 +43,10 @@ from vireid.evaluation import regdb as regdb_eval
 from vireid.evaluation import report
 from vireid.evaluation.chance import chance_level
 from vireid.evaluation.extract import extract_features
+from vireid.evaluation.provenance import PROVENANCE_KEY, check_shards_for_model, provenance
 from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
+from vireid.io import atomic_write_json
+from vireid.tracking.registry import protocol_key
 from vireid.training.checkpoint import load_model
 
 log = logging.getLogger("pipelines.evaluate")
@@ -68,12 +83,22 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     model, meta = load_model(model_path, device, dataset=dataset, image_height=cfg.data.image_height,
                              image_width=cfg.data.image_width)
     if dataset == "regdb":  # a model trained on another split trial would see test identities
-        regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+        try:
+            regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+        except regdb_eval.TrialMismatchError as e:
+            raise regdb_eval.TrialMismatchError(f"{model_path}: {e}") from e
     shards = ShardSet(shards_dir)
-    if meta.get("shards_sha256") and meta["shards_sha256"] != shards.manifest.get("sha256_total"):
-        log.warning("%s was trained on other shards (%s) than %s (%s)", model_path,
-                    meta["shards_sha256"], shards_dir, shards.manifest.get("sha256_total"))
     q_table, g_table = shards.table("query"), shards.table("gallery")
+    manifest_path = Path(shards_dir) / "manifest.json"
+    check_shards_for_model(meta, shards.manifest, manifest_path, model_path=model_path,
+                           test_identities=np.concatenate([q_table.identity, g_table.identity]).tolist())
+    trial = shards.manifest.get("regdb_trial") if dataset == "regdb" else None  # the shards' trial
+    prov = provenance(
+        model_path=model_path, manifest=shards.manifest, manifest_path=manifest_path,
+        protocol=protocol_key(cfg.eval.headline, dataset=dataset, sysu_sampler=cfg.eval.sysu_sampler,
+                              regdb_trial=trial or 1, rerank=cfg.eval.rerank),
+        headline=cfg.eval.headline, sysu_sampler=cfg.eval.sysu_sampler, rerank=cfg.eval.rerank,
+        trials=cfg.eval.trials, flip=cfg.eval.flip)
     qf = features(model, q_table, cfg, device)
     gf = features(model, g_table, cfg, device)
     log.info("extracted %d query and %d gallery features (d=%d)", len(qf), len(gf), qf.shape[1])
@@ -104,7 +129,6 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
         ranked_list(out / "ranked_list.png", qf, gf[idx], q_table.identity, g_table.identity[idx],
                     q_table.image, lambda j: g_table.image(int(idx[j])))
     else:
-        trial = cfg.data.regdb_trial
 
         def run_regdb(qf: np.ndarray, gf: np.ndarray, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
             return regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
@@ -130,8 +154,9 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
              " ".join(f"{k}={v:.2f}" for k, v in chance[headline_key].items()))
     report.write_cmc_csv(out / "cmc.csv", {"headline": curves[headline_key], **curves})
     report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta['selected_epoch']})")
-    report.write_metrics(out / "metrics.json", entries, chance)
-    return report.build_metrics(entries, chance)
+    metrics = report.build_metrics(entries, chance) | {PROVENANCE_KEY: prov}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -145,20 +170,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     cfg = load_config(args.params)
     out = Path(args.out)
+    clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
     if Path(args.run_file).is_file():
-        from vireid.tracking import log_metrics_json, log_plots, read_run_record, resumed_run
+        from vireid.tracking import (
+            log_metrics_json,
+            log_plots,
+            read_run_record,
+            resolve_target,
+            resumed_run,
+        )
+        from vireid.tracking.runs import check_recorded_run, set_tags
 
-        record = read_run_record(args.run_file)
-        with resumed_run(record["tracking_uri"], record["run_id"]) as run_id:
-            log_metrics_json(record["tracking_uri"], run_id, metrics)
-            log_plots(record["tracking_uri"], run_id, [out / "cmc.png", out / "ranked_list.png"])
+        target = resolve_target(cfg.track, Path.cwd())
+        run_id = check_recorded_run(read_run_record(args.run_file), args.run_file, target, Path.cwd())
+        uri = target.tracking_uri
+        with resumed_run(uri, run_id):
+            log_metrics_json(uri, run_id, {k: v for k, v in metrics.items() if k != PROVENANCE_KEY})
+            set_tags(uri, run_id, {f"eval.{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
+            log_plots(uri, run_id, [out / "cmc.png", out / "ranked_list.png"])
     headline = metrics.get(cfg.eval.headline)
     print(f"{cfg.eval.headline} = {headline:.2f} % ({metrics['units']}); metrics in {out / 'metrics.json'}")
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

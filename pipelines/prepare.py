@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pipelines.common import load_config, setup_logging, stage_parser
+import sys
+
+from pipelines.common import (
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.data.prepare import prepare
 
 
@@ -11,8 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/shards", help="shard directory (default data/shards)")
     args = parser.parse_args(argv)
     setup_logging()
-    prepare(load_config(args.params).data, args.out)
+    data = load_config(args.params).data
+    clean_stale_temporaries(args.out)
+    prepare(data, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

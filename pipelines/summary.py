@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import load_config, stage_parser
+from pipelines.common import load_config, run_entry, stage_parser
 from vireid.tracking import resolve_target
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> str:
         head = metrics.get(cfg.eval.headline)
         lines.append(f"test:      {cfg.eval.headline} = "
                      f"{'n/a' if head is None else f'{head:.2f}'} ({metrics.get('units', '')})")
-        for key in sorted(k for k, v in metrics.items() if isinstance(v, dict)):
+        for key in sorted(k for k, v in metrics.items() if isinstance(v, dict) and "mean" in v):
             mean = metrics[key]["mean"]
             lines.append(f"           {key}: Rank-1 {mean['rank1']:.2f}  mAP {mean['mAP']:.2f}  "
                          f"mINP {mean['mINP']:.2f}")
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

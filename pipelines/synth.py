@@ -7,8 +7,15 @@ The tree is built under a temporary name and renamed into place (atomic).
 from __future__ import annotations
 
 import logging
+import sys
 
-from pipelines.common import load_config, setup_logging, stage_parser
+from pipelines.common import (
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+)
 from vireid.data.synthetic import generate_regdb, generate_sysu
 
 log = logging.getLogger("pipelines.synth")
@@ -22,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     if not data.synthetic:
         log.info("data.synthetic is false: using the dataset at %s, nothing to generate", data.root)
         return
+    clean_stale_temporaries(data.root)
     if data.dataset == "sysu":
         generate_sysu(data.root, data.synth)
     else:
@@ -29,4 +37,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

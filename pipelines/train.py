@@ -11,6 +11,7 @@ checkpoint; changed parameters or data give another run name and start afresh.
 from __future__ import annotations
 
 import os
+import sys
 
 # Under `uv run` (make run), Ray would otherwise ship the whole project directory, .venv
 # included, to every worker. Must be set before ray is imported.
@@ -20,10 +21,18 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+    weights_only_torch_load,
+)
 from vireid.config import config_to_dict  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.io import atomic_write_json  # noqa: E402
+from vireid.modeling.backbone import load_pretrained_state  # noqa: E402
 from vireid.tracking import (  # noqa: E402
     end_run,
     git_commit,
@@ -38,6 +47,12 @@ log = logging.getLogger("pipelines.train")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
+    with weights_only_torch_load():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/train", help="output directory")
@@ -46,7 +61,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
+        load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
     repo = Path.cwd()
+    out = Path(args.out)
+    clean_stale_temporaries(*(out / name for name in ("model.pt", "train_summary.json", "history.csv",
+                                                      "mlflow_run.json")))
     shards = ShardSet(args.shards)
     target = resolve_target(cfg.track, repo)
     run_id = start_pipeline_run(
@@ -71,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         end_run(target.tracking_uri, run_id, "FAILED")
         raise
     end_run(target.tracking_uri, run_id, "FINISHED")
-    atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id))
+    atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id, repo))
     print(f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s "
           f"({summary['images_per_s']:.1f} images/s); selected epoch {summary['selected_epoch']}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in summary["val_metrics"].items()))
@@ -79,4 +99,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -16,6 +16,7 @@ the stage joins that cluster; otherwise it starts a local Ray with the CPUs that
 from __future__ import annotations
 
 import os
+import sys
 
 # Under `uv run`, Ray would otherwise ship the whole project directory, .venv included, to
 # every worker. Must be set before ray is imported.
@@ -25,7 +26,14 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pipelines.common import load_config, setup_logging, stage_parser  # noqa: E402
+from pipelines.common import (  # noqa: E402
+    clean_stale_temporaries,
+    load_config,
+    run_entry,
+    setup_logging,
+    stage_parser,
+    weights_only_torch_load,
+)
 from vireid.tracking import resolve_target  # noqa: E402
 from vireid.tuning import run_search  # noqa: E402
 
@@ -33,6 +41,12 @@ log = logging.getLogger("pipelines.tune")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
+    with weights_only_torch_load():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/tune", help="output directory")
@@ -44,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
     if os.environ.get("RAY_ADDRESS"):
         import ray
 
@@ -61,4 +76,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry(main))

@@ -68,13 +68,15 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
 
     queries = search.query_paths(args.query)
     gallery = search.list_images(args.gallery)
+    model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
+    search.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
     embed, size = search.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
     q_mod = search.MODALITIES[args.query_modality]
     g_mod = search.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
     results = search.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
                             gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
-                            device=args.device)
+                            device=args.device, on_skip=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for result in results:
         print(f"query {result.query}")
         for m in result.matches:
@@ -85,6 +87,8 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
+    import signal
+
     from vireid.tracking import server
     from vireid.tracking.store import local_store, prepare_store
 
@@ -93,12 +97,22 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     artifacts = local_store(Path.cwd())[1] if uri == local_store(Path.cwd())[0] else None
     cmd = server.server_command(uri, artifacts_destination=artifacts, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
-    proc = subprocess.Popen(cmd, env=server.server_env(os.environ))
+    # its own process group, so stopping stops the server and its workers (stop_server), also
+    # when this process is terminated (SIGTERM/SIGHUP) rather than interrupted from a terminal
+    proc = subprocess.Popen(cmd, env=server.server_env(os.environ), start_new_session=True)
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        return 0
+    finally:
+        server.stop_server(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,14 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vireid", description="Pipeline stages, dvc repro, image search and the MLflow UI.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error too (also: VIREID_DEBUG=1)")
     for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run pipelines/{stage}.py (other options go to the stage)")
+        p = sub.add_parser(stage, parents=[common], help=f"run pipelines/{stage}.py (other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
         p.set_defaults(func=_cmd_stage)
-    p = sub.add_parser("repro", help="dvc repro (arguments go to dvc)")
+    p = sub.add_parser("repro", parents=[common], help="dvc repro (arguments go to dvc)")
     p.set_defaults(func=_cmd_repro)
 
-    p = sub.add_parser("search", help="rank a gallery folder against query image(s)")
+    p = sub.add_parser("search", parents=[common], help="rank a gallery folder against query image(s)")
     p.add_argument("query", nargs="+", help="query image file(s) or folder(s)")
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--model", default="models:/vireid@champion",
@@ -123,14 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery-modality", choices=sorted(MODALITY_NAMES), default=None,
                    help="modality of the gallery images (default: the other one)")
     p.add_argument("--top-k", type=_positive, default=5, help="matches per query (default 5)")
-    p.add_argument("--out", default="search.png", help="picture of the results (default search.png)")
+    p.add_argument("--out", default="search.png",
+                   help="picture of the results (default search.png; an existing file only with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file (never an input)")
     p.add_argument("--batch-size", type=_positive, default=64, help="images per embedding batch")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--tracking-uri", default="", help="MLflow store of models:/ URIs (default: from --params)")
     p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("mlflow-ui", help="MLflow UI/server over the pipeline's store")
+    p = sub.add_parser("mlflow-ui", parents=[common], help="MLflow UI/server over the pipeline's store")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: local only)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     p.add_argument("--tracking-uri", default="", help="store to serve (default: from --params)")
@@ -150,20 +169,29 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vireid`` script; returns the exit code."""
+    """Entry point of the ``vireid`` script; returns the exit code.
+
+    Expected errors (bad parameters, data, checkpoints, model URIs, paths) print one line
+    ``error: <file or key>: <what> (<hint>)`` on stderr and return 2 (:mod:`vireid.errors`);
+    ``--debug`` or ``VIREID_DEBUG=1`` shows their traceback.
+    """
+    from vireid.errors import debug_requested, run_entry
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command in ("search", "mlflow-ui") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from vireid.config import ConfigError
-    from vireid.search import SearchError
-    from vireid.tracking.store import TrackingError
+    # stderr carries the error line only: no MLflow download progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    code = 0
 
-    try:
-        return int(args.func(args, extra) or 0)
-    except (CLIError, SearchError, TrackingError, ConfigError) as e:
-        print(f"vireid {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    def work(_: list[str]) -> None:
+        nonlocal code
+        code = int(args.func(args, extra) or 0)
+
+    failed = run_entry(work, argv, debug=bool(args.debug) or debug_requested(extra))
+    return failed or code
 
 
 if __name__ == "__main__":

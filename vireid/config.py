@@ -235,6 +235,32 @@ class TuneConfig:
         _check(self.max_concurrent >= 1, "tune.max_concurrent", "must be >= 1")
 
 
+METRIC_NAMES: tuple[str, ...] = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # = vireid.evaluation.metrics
+REGDB_DIRECTIONS: tuple[str, ...] = ("v2t", "t2v")
+
+
+def check_headline(headline: str, sysu_modes: tuple[str, ...], sysu_shots: tuple[str, ...]) -> None:
+    """``eval.headline`` names a metric the evaluate stage writes: ``sysu/<mode>/<shot>/<metric>``
+    with the mode and shot among those run, or ``regdb/<v2t|t2v>/<metric>``."""
+    key = "eval.headline"
+    parts = headline.split("/")
+    family = parts[0]
+    _check(family in ("sysu", "regdb"), key,
+           f"{headline!r} must start with sysu/ or regdb/ (e.g. sysu/all/single/mAP, regdb/v2t/mAP)")
+    if family == "sysu":
+        _check(len(parts) == 4, key, f"{headline!r} is not sysu/<mode>/<shot>/<metric> (e.g. sysu/all/single/mAP)")
+        _check(parts[1] in sysu_modes, key,
+               f"{headline!r}: mode {parts[1]!r} is not run (eval.sysu_modes: {list(sysu_modes)})")
+        _check(parts[2] in sysu_shots, key,
+               f"{headline!r}: shot {parts[2]!r} is not run (eval.sysu_shots: {list(sysu_shots)})")
+    else:
+        _check(len(parts) == 3, key, f"{headline!r} is not regdb/<direction>/<metric> (e.g. regdb/v2t/mAP)")
+        _check(parts[1] in REGDB_DIRECTIONS, key,
+               f"{headline!r}: direction {parts[1]!r} is not one of {list(REGDB_DIRECTIONS)}")
+    _check(parts[-1] in METRIC_NAMES, key,
+           f"{headline!r}: metric {parts[-1]!r} is not one of {list(METRIC_NAMES)}")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Which protocols to run and how."""
@@ -261,6 +287,7 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.query_chunk >= 1, "eval.query_chunk", "must be >= 1")
         _check(self.max_rank >= 20, "eval.max_rank", "must be >= 20 (Rank-20 is a headline metric)")
+        check_headline(self.headline, self.sysu_modes, self.sysu_shots)
 
 
 @dataclass(frozen=True)
@@ -299,6 +326,30 @@ class Config:
         if self.loss.distill:
             _check(self.model.fusion or self.model.memory, "loss.distill",
                    "needs a teacher: turn on model.fusion or model.memory")
+        family = self.eval.headline.split("/", 1)[0]
+        _check(family == self.data.dataset, "eval.headline",
+               f"{self.eval.headline!r} is a {family} metric but data.dataset is {self.data.dataset!r} "
+               f"(e.g. {'regdb/v2t/mAP' if self.data.dataset == 'regdb' else 'sysu/all/single/mAP'})")
+
+
+def check_schedule(cfg: Config) -> None:
+    """Cross-check of ``train``: every milestone and the warm-up fall within
+    ``train.epochs`` (0-based epoch ``e`` decays at milestone ``m`` when ``e >= m``, so a
+    milestone >= epochs never takes effect). Not part of :class:`Config` itself: the tune
+    stage shortens ``train.epochs`` per trial; :func:`check_params` applies it to a
+    parameters file."""
+    t = cfg.train
+    for i, m in enumerate(t.milestones):
+        _check(1 <= m < t.epochs, f"train.milestones[{i}]",
+               f"{m} is outside 1..{t.epochs - 1} (train.epochs is {t.epochs}: a milestone at or "
+               "after the last epoch never takes effect)")
+    _check(t.warmup_epochs <= t.epochs, "train.warmup_epochs",
+           f"{t.warmup_epochs} is beyond train.epochs ({t.epochs})")
+
+
+def check_params(cfg: Config) -> None:
+    """Checks of a whole parameters file beyond each :class:`Config`: :func:`check_schedule`."""
+    check_schedule(cfg)
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,6 +384,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
         return float(value)
     if typ is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -351,6 +403,9 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
            f"unknown key (known keys: {', '.join(names)})")
     kwargs = {name: _coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
     return cls(**kwargs)
+
+
+SECTIONS: tuple[str, ...] = ("data", "model", "loss", "train", "tune", "eval", "track")
 
 
 def config_from_dict(params: Mapping[str, Any]) -> Config:

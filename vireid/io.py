@@ -65,3 +65,34 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """What an interrupted :func:`atomic_write_bytes` / :func:`atomic_directory` for ``path``
+    leaves beside it: ``.<name>.*.tmp`` (files or folders) and ``.<name>.old``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    found = sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    old = path.with_name(f".{path.name}.old")
+    return found + ([old] if old.exists() or old.is_symlink() else [])
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike[str]) -> list[Path]:
+    """Remove :func:`stale_temporaries` of each output path (a stage calls this when it starts:
+    a killed run of it left them; DVC runs one instance of a stage at a time). Returns what
+    was removed."""
+    removed = []
+    for path in paths:
+        for tmp in stale_temporaries(path):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

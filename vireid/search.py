@@ -8,6 +8,7 @@ Pure functions over what is handed in: image paths, an embedding function
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from vireid.io import atomic_write_bytes
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MODALITIES = {"visible": 0, "infrared": 1}
 EmbedFn = Callable[[Tensor, Tensor], Tensor]
@@ -59,6 +61,24 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return images
 
 
+def check_output(out: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
+                 force: bool = False) -> Path:
+    """Refuse an output picture path that is a folder, one of the ``inputs`` (query, gallery
+    or model files; never overwritten, even with ``force``) or an existing file without
+    ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise SearchError(f"--out {out}: is a folder; give a file name (e.g. {out / 'search.png'})")
+    target = out.resolve()
+    for p in inputs:
+        if Path(p).resolve() == target:
+            raise SearchError(f"--out {out}: is one of the inputs ({p}); pick another file name "
+                              "(inputs are never overwritten, not even with --force)")
+    if out.exists() and not force:
+        raise SearchError(f"--out {out}: exists; pass --force to overwrite it or pick another name")
+    return out
+
+
 def query_paths(queries: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Query arguments -> image paths: files as given, folders expanded to their images."""
     if not queries:
@@ -86,6 +106,27 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise SearchError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_gallery(paths: Sequence[Path], on_skip: Callable[[str], None] | None = None
+                 ) -> tuple[list[Path], list[Tensor]]:
+    """The readable gallery images and their paths: an unreadable one is skipped with a
+    warning naming it (``on_skip(message)``, default: a logged warning); :class:`SearchError`
+    only when none is readable."""
+    kept: list[Path] = []
+    images: list[Tensor] = []
+    skipped: list[str] = []
+    for p in paths:
+        try:
+            images.append(read_image(p))
+        except SearchError as e:
+            skipped.append(str(e))
+            (on_skip or log.warning)(f"skipped a gallery image: {e}")
+            continue
+        kept.append(Path(p))
+    if not kept:
+        raise SearchError(f"no readable gallery image among {len(paths)} ({skipped[0] if skipped else 'none given'})")
+    return kept, images
 
 
 def preprocess(images: Sequence[Tensor], image_height: int, image_width: int) -> Tensor:
@@ -123,11 +164,14 @@ def rank(query: Tensor, gallery: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
 
 def search(embed: EmbedFn, queries: Sequence[Path], gallery: Sequence[Path], *,
            image_size: tuple[int, int], query_modality: int, gallery_modality: int,
-           top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[QueryResult]:
-    """Embed queries and gallery, rank the gallery for each query by cosine similarity."""
+           top_k: int = 5, batch_size: int = 64, device: str | torch.device = "cpu",
+           on_skip: Callable[[str], None] | None = None) -> list[QueryResult]:
+    """Embed queries and gallery, rank the gallery for each query by cosine similarity
+    (unreadable gallery images are skipped with a warning, :func:`read_gallery`)."""
     h, w = image_size
     q = embed_images(embed, preprocess([read_image(p) for p in queries], h, w), query_modality, batch_size, device)
-    g = embed_images(embed, preprocess([read_image(p) for p in gallery], h, w), gallery_modality, batch_size, device)
+    gallery, g_images = read_gallery(gallery, on_skip)
+    g = embed_images(embed, preprocess(g_images, h, w), gallery_modality, batch_size, device)
     sims, idx = rank(q, g, top_k)
     return [QueryResult(Path(qp), [Match(r + 1, Path(gallery[int(j)]), float(s))
                                    for r, (s, j) in enumerate(zip(sims[i], idx[i], strict=True))])

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines import prepare as prepare_stage
 from pipelines import synth as synth_stage
 from pipelines.common import load_config
+from tests._params import params_file
 from vireid.config import ConfigError
 from vireid.data.shards import ShardSet
 
@@ -20,9 +20,9 @@ def _params(tmp_path: Path, **data: object) -> Path:
                        "synth": {"sysu_identities": 12, "sysu_images_per_camera": 1, "regdb_identities": 4,
                                  "regdb_images_per_modality": 2, "image_height": 32, "image_width": 16},
                        **data}}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    if data.get("dataset") == "regdb":
+        params["eval"] = {"headline": "regdb/v2t/mAP"}
+    return params_file(tmp_path / "params.yaml", params)
 
 
 def test_synth_then_prepare_sysu(tmp_path: Path) -> None:
@@ -47,6 +47,6 @@ def test_synth_regdb_and_real_data_switch(tmp_path: Path) -> None:
 def test_load_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="params.yaml: parameters file not found"):
         load_config(tmp_path / "params.yaml")
-    (tmp_path / "p.yaml").write_text("data:\n  synth:\n    sysu_identities: 5\n")
-    with pytest.raises(ConfigError, match="data.synth.sysu_identities"):
+    params_file(tmp_path / "p.yaml", {"data": {"synth": {"sysu_identities": 5}}})
+    with pytest.raises(ConfigError, match="p.yaml: data.synth.sysu_identities"):
         load_config(tmp_path / "p.yaml")

@@ -101,6 +101,8 @@ def test_missing_image_empty_list_missing_list(regdb_root: Path) -> None:
 
 
 def test_train_test_overlap(regdb_root: Path) -> None:
-    path = _rewrite(regdb_root, "test_thermal_1.txt", "Thermal/5/a.bmp 900\n")
+    (regdb_root / "Thermal" / "900").mkdir(parents=True, exist_ok=True)
+    (regdb_root / "Thermal" / "900" / "a.bmp").touch()
+    path = _rewrite(regdb_root, "test_thermal_1.txt", "Thermal/900/a.bmp 900\n")
     with pytest.raises(DatasetError, match=rf"{path}: shares identities \[900\]"):
         read_regdb(regdb_root, 1)

@@ -133,6 +133,7 @@ def test_register_stage_via_cli(target, config, logged, model_file, tmp_path: Pa
                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from vireid.cli import main
     from vireid.config import config_to_dict
+    from vireid.evaluation.provenance import file_sha256
     from vireid.evaluation.report import build_metrics, protocol_entry
 
     run_id, _ = logged
@@ -140,15 +141,18 @@ def test_register_stage_via_cli(target, config, logged, model_file, tmp_path: Pa
     params["track"].update(tracking_uri=target.tracking_uri, model_name="stage-test")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     per_trial = [{"rank1": 0.5, "mAP": 0.3, "mINP": 0.1}]
+    provenance = {"model_sha256": file_sha256(model_file), "shards_sha256": "d" * 64, "protocol": SYSU,
+                  "headline": HEAD, "data_kind": "synthetic"}
     atomic_write_json(tmp_path / "outputs/eval/metrics.json",
-                      build_metrics({"sysu/all/single": protocol_entry(per_trial, sampler="community")}))
+                      build_metrics({"sysu/all/single": protocol_entry(per_trial, sampler="community")})
+                      | {"provenance": provenance})
     atomic_write_json(tmp_path / "outputs/train/mlflow_run.json", run_record(target, run_id))
     monkeypatch.chdir(tmp_path)
     assert main(["register", "--params", "params.yaml", "--model", str(model_file)]) == 0
     record = json.loads((tmp_path / "outputs/register/registration.json").read_text())
     assert record["alias"] == "champion" and record["version"] == "1" and record["run_id"] == run_id
     assert record["value"] == pytest.approx(30.0) and record["protocol"] == SYSU
-    assert record["data_hash"] == "d" * 64  # from the train run's tag
+    assert record["data_hash"] == "d" * 64  # from metrics.json's provenance
     assert "registered stage-test v1 as champion: first champion" in capsys.readouterr().out
     run = MlflowClient(target.tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["registered_version"] == "1"

@@ -88,7 +88,12 @@ def test_errors_name_the_file_or_folder(model_file: Path, tmp_path: Path,
     broken = tmp_path / "broken"
     _write(broken / "ok.png", seed=1)
     (broken / "bad.jpg").write_bytes(b"not a jpeg")
-    assert f"cannot read image {broken / 'bad.jpg'}" in run(str(query), "--gallery", str(broken))
+    # an unreadable gallery image is skipped with a warning; an unreadable query is an error
+    assert main(["search", str(query), "--gallery", str(broken), "--model", str(model_file),
+                 "--out", str(tmp_path / "o.png")]) == 0
+    assert f"warning: skipped a gallery image: cannot read image {broken / 'bad.jpg'}" in capsys.readouterr().err
+    assert f"cannot read image {broken / 'bad.jpg'}" in run(str(broken / "bad.jpg"), "--gallery", str(broken),
+                                                            "--force")
     assert f"query image {tmp_path / 'q.png'} does not exist" in run(str(tmp_path / "q.png"), "--gallery", str(broken))
     good = tmp_path / "good"
     _write(good / "ok.png", seed=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from pipelines import evaluate as evaluate_stage
 from vireid.config import replace
+from vireid.data.shards import ShardSet
 from vireid.evaluation.regdb import TrialMismatchError
 from vireid.training.checkpoint import CheckpointMismatchError, read_model_file, save_model
 from vireid.training.loop import Trainer
@@ -30,7 +32,12 @@ def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_pat
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert on_disk["units"] == "percent"
-    assert set(k for k, v in on_disk.items() if isinstance(v, dict)) == {"sysu/all/single", "sysu/indoor/single"}
+    assert set(k for k, v in on_disk.items() if isinstance(v, dict)) == {"sysu/all/single", "sysu/indoor/single",
+                                                                          "provenance"}
+    prov = on_disk["provenance"]
+    assert prov["shards_sha256"] == ShardSet(shards).manifest["sha256_total"] and prov["dataset"] == "sysu"
+    assert prov["protocol"] == "sysu/all/single@community" and prov["data_kind"] == "synthetic"
+    assert prov["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert on_disk["sysu/all/single"]["trials"] == 2
     assert 0.0 <= on_disk["sysu/all/single/mAP"] <= 100.0
     header, *rows = (tmp_path / "cmc.csv").read_text().splitlines()
@@ -62,7 +69,7 @@ def test_evaluate_refuses_a_regdb_model_of_another_trial(tiny_shards, model_file
     shards, cfg = tiny_shards
     obj = read_model_file(model_file)
     save_model(tmp_path / "regdb.pt", obj["model"], dict(obj["meta"], dataset="regdb", regdb_trial=1))
-    regdb_cfg = replace(cfg, data={"dataset": "regdb", "regdb_trial": 2})
+    regdb_cfg = replace(cfg, data={"dataset": "regdb", "regdb_trial": 2}, eval={"headline": "regdb/v2t/mAP"})
     with pytest.raises(TrialMismatchError, match="trial 1 cannot be tested on trial 2"):
         evaluate_stage.evaluate(regdb_cfg, tmp_path / "regdb.pt", shards, tmp_path, torch.device("cpu"))
     with pytest.raises(CheckpointMismatchError, match="dataset"):

@@ -19,7 +19,8 @@ def collect_splits(cfg: DataConfig) -> tuple[dict[str, list[Sample]], dict[str, 
 
     Returns the splits and the extra manifest facts (test ids, held-out ids, ...).
     """
-    extra: dict[str, Any] = {"holdout_identities": cfg.holdout_identities, "holdout_seed": cfg.holdout_seed}
+    extra: dict[str, Any] = {"holdout_identities": cfg.holdout_identities, "holdout_seed": cfg.holdout_seed,
+                             "data_kind": "synthetic" if cfg.synthetic else "real"}
     if cfg.dataset == "sysu":
         sysu = read_sysu(cfg.root, cfg.sysu_train_lists)
         train_all, query, gallery = sysu.train, sysu.query, sysu.gallery

@@ -1,7 +1,8 @@
 """Reader of the RegDB split lists ``<root>/idx/{train,test}_{visible,thermal}_{trial}.txt``.
 
 Each line is ``<relative path> <integer label>``. RegDB camera numbers: 1 visible, 2
-thermal. The label of a line is the sample's identity. Files are checked to exist and to
+thermal. The label of a line is the sample's identity and must equal its identity folder
+(``Visible/<id>/...``; a disagreeing line is an error naming file and line). Files are checked to exist and to
 stay inside the root; decoding (and rejecting bad images) happens at prepare time.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vireid.data._paths import check_inside, check_root, relative_posix
 from vireid.data.errors import DatasetError
@@ -64,6 +65,10 @@ def read_list(root: str | os.PathLike[str], list_file: str | os.PathLike[str],
         except ValueError:
             raise DatasetError(where, f"cannot parse {line!r}: label {parts[1]!r} is not an integer") from None
         rel = relative_posix(parts[0], where)
+        folder = PurePosixPath(rel).parent.name
+        if folder.isdigit() and int(folder) != label:
+            raise DatasetError(where, f"label {label} disagrees with the identity folder of {rel} ({folder}): "
+                                      "the label of a RegDB line is its identity folder")
         if check_files:
             full = root / rel
             check_inside(root_real, full, where)

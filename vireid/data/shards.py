@@ -370,7 +370,12 @@ class ShardSet:
         manifest_path = self.dir / "manifest.json"
         if not manifest_path.is_file():
             raise DatasetError(manifest_path, "no shard manifest (run the prepare stage)")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DatasetError(manifest_path, f"unreadable shard manifest ({e}; rerun the prepare stage)") from e
+        if not isinstance(self.manifest, dict):
+            raise DatasetError(manifest_path, "not a shard manifest (rerun the prepare stage)")
         fmt = self.manifest.get("format")
         if fmt not in READABLE_FORMATS:
             raise DatasetError(manifest_path, f"unknown shard format {fmt!r} in key 'format' "

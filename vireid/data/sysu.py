@@ -72,7 +72,9 @@ def list_tree(root: str | os.PathLike[str]) -> dict[tuple[int, int], list[str]]:
     """``{(camera, identity): sorted file names}`` of every image folder of the tree.
 
     Every camera folder must exist; symlinks may not lead outside ``root``. Entries that
-    are not 4-digit-style numeric folders or image files are ignored.
+    are not 4-digit-style numeric folders or image files are ignored. A camera folder
+    without any image, and identity folders without images, are logged as warnings with
+    their counts (the protocol silently loses those images otherwise).
     """
     root = check_root(root)
     root_real = Path(os.path.realpath(root))
@@ -84,6 +86,7 @@ def list_tree(root: str | os.PathLike[str]) -> dict[tuple[int, int], list[str]]:
         check_inside(root_real, cam_dir, cam_dir)
         with os.scandir(cam_dir) as it:
             id_entries = sorted((e for e in it if e.name.isdigit() and e.is_dir()), key=lambda e: e.name)
+        empty: list[str] = []
         for id_entry in id_entries:
             if id_entry.is_symlink():
                 check_inside(root_real, Path(id_entry.path), id_entry.path)
@@ -98,6 +101,16 @@ def list_tree(root: str | os.PathLike[str]) -> dict[tuple[int, int], list[str]]:
                         files.append(f.name)
             if files:
                 index[(cam, int(id_entry.name))] = sorted(files)
+            else:
+                empty.append(id_entry.name)
+        kind = "infrared" if cam in INFRARED_CAMERAS else "visible"
+        if len(empty) == len(id_entries):
+            log.warning("%s: %s camera folder holds no image (%d identity folders, none with an image): its "
+                        "%s images are missing from every split", cam_dir, kind, len(id_entries), kind)
+        elif empty:
+            shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+            log.warning("%s: %d of %d identity folders hold no image (%s)", cam_dir, len(empty),
+                        len(id_entries), shown)
     return index
 
 

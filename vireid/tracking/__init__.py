@@ -1,7 +1,13 @@
 """MLflow tracking and model registry of the pipeline (one run per pipeline run)."""
 
 from vireid.modeling.export import Embedder
-from vireid.tracking.model import load_logged_embedder, log_embedder, pip_requirements
+from vireid.tracking.model import (
+    UnsafeModelError,
+    check_pt2_model,
+    load_logged_embedder,
+    log_embedder,
+    pip_requirements,
+)
 from vireid.tracking.provenance import git_commit
 from vireid.tracking.registry import Decision, decide, protocol_key, register
 from vireid.tracking.runs import (
@@ -36,6 +42,8 @@ __all__ = [
     "MetricLogger",
     "TrackingError",
     "TrackingTarget",
+    "UnsafeModelError",
+    "check_pt2_model",
     "decide",
     "end_run",
     "ensure_experiment",

@@ -1,15 +1,17 @@
 """The registered model: an exportable inference wrapper logged with ``mlflow.pytorch``.
 
-Format decision: MLflow 3 saves PyTorch models as ``pt2`` (``torch.export``) by default and
-refuses to *load* pickled models unless ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is set, so
-the model is logged as ``pt2``: no pickled code, no need for vireid on the loading side.
+Format decision: the model is logged as ``pt2`` (``torch.export``): no pickled code, no need
+for vireid on the loading side. MLflow 3.17 still *loads* pickled models by default
+(``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` defaults to true), so :func:`load_logged_embedder`
+checks the downloaded model (:func:`check_pt2_model`: pt2 files, no pickle files, no code
+folder) before deserialising anything, and loads it with pickle deserialisation disabled.
 ``pt2`` supports several tensor inputs, so the signature has two named tensor inputs::
 
     images   float32 [-1, 3, H, W]   normalised as vireid.data.transforms.test_transform
     modality int64   [-1]            0 visible, 1 infrared (anything else: RuntimeError)
     output   float32 [-1, d]         L2-normalised embedding (= VIReIDModel.embed)
 
-``mlflow.pytorch.load_model("models:/vireid@champion")`` returns a module called as
+:func:`load_logged_embedder` (``models:/vireid@champion``) returns a module called as
 ``module(images, modality)``. (``pt2`` models with several inputs get no pyfunc flavour.)
 
 The logged module is :class:`vireid.modeling.export.Embedder` (the inference path of
@@ -20,11 +22,16 @@ The logged module is :class:`vireid.modeling.export.Embedder` (the inference pat
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from vireid.modeling.export import inference_copy
@@ -94,19 +101,109 @@ def log_embedder(tracking_uri: str, run_id: str, model: nn.Module, meta: Mapping
     return info.model_uri
 
 
+class UnsafeModelError(TrackingError):
+    """A logged model that is not vireid's ``pt2`` (``torch.export``) format, or that ships
+    code: refused *before* anything of it is deserialised."""
+
+
+PT2_FILE = "model.pt2"  # what mlflow.pytorch writes for serialization_format="pt2"
+PICKLE_FILES = ("model.pth", "pickle_module_info.txt")  # what it writes for "pickle"
+_ALLOW_PICKLE = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+def check_pt2_model(local_dir: str | os.PathLike[str], model_uri: str = "") -> dict[str, Any]:
+    """The parsed ``MLmodel`` of a downloaded MLflow model when it is a ``pt2`` PyTorch model
+    without code; :class:`UnsafeModelError` otherwise.
+
+    MLflow 3 records the serialisation format only through the files of the flavour's
+    ``model_data`` folder (``model.pt2`` for pt2, ``model.pth`` + ``pickle_module_info.txt``
+    for pickle); a ``serialization_format`` key, when a future MLflow writes one, must say
+    ``pt2``. A flavour ``code`` folder is refused too: ``mlflow.pytorch.load_model`` puts it
+    on ``sys.path`` (a module there can shadow any import).
+    """
+    root = Path(local_dir).resolve()
+    who = model_uri or str(root)
+    mlmodel = root / "MLmodel"
+    if not mlmodel.is_file():
+        raise UnsafeModelError(f"{who}: no MLmodel file: not an MLflow model")
+    try:
+        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UnsafeModelError(f"{who}: unreadable MLmodel file ({type(e).__name__})") from e
+    flavors = conf.get("flavors") if isinstance(conf, dict) else None
+    flavor = flavors.get("pytorch") if isinstance(flavors, dict) else None
+    if not isinstance(flavor, dict):
+        names = ", ".join(sorted(flavors)) if isinstance(flavors, dict) else "none"
+        raise UnsafeModelError(f"{who}: not a PyTorch model (flavours: {names}); only vireid's "
+                               "pt2 (torch.export) models are loaded")
+    fmt = flavor.get("serialization_format")
+    if fmt is not None and fmt != "pt2":
+        raise UnsafeModelError(f"{who}: serialization_format is {fmt!r}; only 'pt2' is loaded "
+                               "(pickled models can run arbitrary code when loaded)")
+    if flavor.get("code"):
+        raise UnsafeModelError(f"{who}: ships a code folder ({flavor['code']!r}) that loading "
+                               "would put on sys.path; vireid's models carry no code: refused")
+    data = root / str(flavor.get("model_data", "data"))
+    try:
+        data = data.resolve(strict=True)
+    except OSError:
+        raise UnsafeModelError(f"{who}: no model_data folder {flavor.get('model_data')!r}") from None
+    if not data.is_relative_to(root) or not data.is_dir():
+        raise UnsafeModelError(f"{who}: model_data {flavor.get('model_data')!r} is not a folder "
+                               "inside the model")
+    pickled = [name for name in PICKLE_FILES if (data / name).exists()]
+    if pickled:
+        raise UnsafeModelError(
+            f"{who}: serialised with pickle ({', '.join(pickled)}): loading it could run "
+            "arbitrary code, refused (vireid logs its models with serialization_format='pt2'; "
+            "re-register the model with the register stage)")
+    pt2 = data / PT2_FILE
+    if not pt2.is_file() or pt2.is_symlink():
+        raise UnsafeModelError(f"{who}: no {PT2_FILE} in its model_data: not a pt2 model, refused")
+    return conf
+
+
+@contextmanager
+def pickle_deserialization_disabled() -> Iterator[None]:
+    """``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` for the block (MLflow 3.17 defaults to
+    true), so MLflow also checks that the pt2 archive holds no pickled record."""
+    saved = os.environ.get(_ALLOW_PICKLE)
+    os.environ[_ALLOW_PICKLE] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_ALLOW_PICKLE, None)
+        else:
+            os.environ[_ALLOW_PICKLE] = saved
+
+
 def load_logged_embedder(tracking_uri: str, model_uri: str, device: str | torch.device = "cpu"
                          ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model logged by :func:`log_embedder` (``models:/vireid@champion``,
-    ``models:/<id>``, ``runs:/...``) -> ``(module(images, modality) -> [B,d], metadata)``."""
+    ``models:/<id>``, ``runs:/...``) -> ``(module(images, modality) -> [B,d], metadata)``.
+
+    The model is downloaded to a temporary folder and checked by :func:`check_pt2_model`
+    before anything is deserialised (a pickled model or one with a code folder is an
+    :class:`UnsafeModelError`); it is then loaded with pickle deserialisation disabled.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
 
-    try:
-        with use_tracking_uri(tracking_uri):
-            info = mlflow.models.get_model_info(model_uri)
-            module = mlflow.pytorch.load_model(model_uri)  # pt2: loaded on the CPU
-    except MlflowException as e:
-        raise TrackingError(f"cannot load {model_uri} from {tracking_uri}: {e.message}") from e
+    with tempfile.TemporaryDirectory(prefix="vireid-model-") as tmp:
+        try:
+            with use_tracking_uri(tracking_uri):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        except MlflowException as e:
+            raise TrackingError(f"cannot load {model_uri} from {tracking_uri}: {e.message}") from e
+        check_pt2_model(local, model_uri)
+        info = Model.load(str(local / "MLmodel"))
+        try:
+            with pickle_deserialization_disabled():
+                module = mlflow.pytorch.load_model(str(local))  # pt2: loaded on the CPU
+        except MlflowException as e:
+            raise UnsafeModelError(f"{model_uri}: refused by MLflow's pt2 check: {e.message}") from e
     if torch.device(device).type != "cpu":
         module = module.to(device)
     metadata = dict(info.metadata or {})

@@ -1,5 +1,5 @@
 """Model registry: every registered model becomes a new version; alias ``champion`` moves
-only to a better model on the same protocol.
+only to a better model on the same protocol and the same data.
 
 **Protocol** (:func:`protocol_key`): the evaluation entry of the headline metric plus what
 else changes its numbers: ``sysu/all/single@community`` (dataset/mode/shot @ gallery
@@ -10,15 +10,23 @@ k-reciprocal re-ranking was on.
 
 1. no champion yet -> the new version becomes champion;
 2. the champion has no recorded protocol/headline, or another protocol, or another headline
-   metric -> not comparable: the new version becomes challenger and the champion stays
-   (registry champions are compared on one protocol only; keep one registered model name
-   per protocol, ``track.model_name``, to hold a champion for each);
+   metric, or was evaluated on other data (another ``data_hash``: the evaluated shards'
+   ``sha256_total``, which also tells synthetic from real data and one RegDB trial from
+   another) -> not comparable: the new version is registered without promotion (challenger)
+   and the champion stays (keep one registered model name per dataset and protocol,
+   ``track.model_name``, to hold a champion for each);
 3. a NaN headline never wins -> challenger;
 4. headline strictly greater than the champion's -> champion (all ReID headline metrics,
    mAP/mINP/rank-k, are higher-is-better); otherwise (ties included) -> challenger.
 
 The decision and its reason are stored as version tags (``decision``, ``reason``) and
 returned as a dict that the register stage writes to ``registration.json``.
+
+**Idempotence**: :func:`register` called with a ``fingerprint`` (tags ``model_sha256``,
+``eval_sha256``: the model file and its evaluation) first looks for a version carrying it.
+One with a decision is returned as it is (same version, same decision, no new version); one
+without (a registration killed between creating the version and recording the decision) is
+completed. The register stage also skips logging the model again when the version exists.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ TAG_GIT_COMMIT = "git_commit"
 TAG_RUN_ID = "run_id"
 TAG_DECISION = "decision"
 TAG_REASON = "reason"
+TAG_MODEL_SHA = "model_sha256"
+TAG_EVAL_SHA = "eval_sha256"
+TAG_DATA_KIND = "data_kind"
 
 
 def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community",
@@ -68,9 +79,11 @@ def _fmt(x: float) -> str:
 
 
 def decide(*, protocol: str, headline: str, value: float,
-           champion: Mapping[str, str] | None, champion_version: str | None) -> Decision:
+           champion: Mapping[str, str] | None, champion_version: str | None,
+           data_hash: str | None = None) -> Decision:
     """The promotion rule of the module docstring; ``champion``: the current champion's
-    version tags (None when there is none)."""
+    version tags (None when there is none); ``data_hash``: the evaluated data's hash (None:
+    not compared, for callers without one)."""
     if champion is None:
         return Decision("champion", f"first champion: headline {headline} {_fmt(value)} on {protocol}")
     who = f"champion v{champion_version}"
@@ -88,11 +101,32 @@ def decide(*, protocol: str, headline: str, value: float,
     if c_headline != headline:
         return Decision("challenger", f"{who}'s headline is {c_headline}, this model's {headline}: "
                                       "not comparable; champion kept")
+    c_hash = champion.get(TAG_DATA_HASH, "")
+    if data_hash is not None and (not c_hash or c_hash != data_hash):
+        return Decision("challenger", f"{who} was evaluated on other data (data hash "
+                                      f"{c_hash[:12] or 'unknown'}, this model: {data_hash[:12] or 'unknown'}): "
+                                      "not comparable; registered without promotion, champion kept "
+                                      "(use another track.model_name for a champion on this data)")
     if math.isnan(value):
         return Decision("challenger", f"headline {headline} is NaN; {who} kept")
     if value > c_value:
         return Decision("champion", f"headline {headline} {_fmt(value)} > {who}'s {_fmt(c_value)}")
     return Decision("challenger", f"headline {headline} {_fmt(value)} <= {who}'s {_fmt(c_value)}")
+
+
+def find_version(tracking_uri: str, model_name: str, fingerprint: Mapping[str, str]):  # -> ModelVersion | None
+    """The first version of ``model_name`` whose tags carry all of ``fingerprint`` (None when
+    there is none, or no such registered model)."""
+    from mlflow.exceptions import MlflowException
+
+    quoted = model_name.replace("'", "\\'")
+    try:
+        versions = client(tracking_uri).search_model_versions(f"name='{quoted}'")
+    except MlflowException:
+        return None
+    matches = [v for v in versions if v.name == model_name
+               and all(v.tags.get(k) == str(val) for k, val in fingerprint.items())]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
 
 
 def register(
@@ -108,10 +142,15 @@ def register(
     git_commit: str,
     champion_alias: str = "champion",
     challenger_alias: str = "challenger",
+    fingerprint: Mapping[str, str] | None = None,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Create a new version of ``model_name`` from ``model_uri`` (tagged with protocol,
-    headline name and value, data hash, git commit, run id), then move ``champion_alias`` to
-    it or set ``challenger_alias`` per :func:`decide`. Returns the registration record."""
+    headline name and value, data hash, git commit, run id, ``fingerprint`` and
+    ``extra_tags``), then move ``champion_alias`` to it or set ``challenger_alias`` per
+    :func:`decide` (which compares data hashes too). With a ``fingerprint`` an existing
+    version carrying it is reused (module docstring: idempotence). Returns the registration
+    record (``reused``: whether the version existed)."""
     from mlflow.exceptions import MlflowException
 
     c = client(tracking_uri)
@@ -120,31 +159,55 @@ def register(
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+    existing = find_version(tracking_uri, model_name, fingerprint) if fingerprint else None
     aliases = c.get_registered_model(model_name).aliases  # alias -> version
     champion_version = aliases.get(champion_alias)
-    champion_tags = None
-    if champion_version is not None:
-        champion_tags = dict(c.get_model_version(model_name, str(champion_version)).tags)
 
-    tags = {TAG_PROTOCOL: protocol, TAG_HEADLINE: headline, TAG_VALUE: repr(float(value)),
-            TAG_DATA_HASH: data_hash, TAG_GIT_COMMIT: git_commit, TAG_RUN_ID: run_id}
-    with use_tracking_uri(tracking_uri):  # a models:/<id> source is resolved via the global URI
-        mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
-    decision = decide(protocol=protocol, headline=headline, value=float(value),
-                      champion=champion_tags, champion_version=None if champion_version is None else str(champion_version))
+    def record(version: str, role: str, reason: str, previous: dict[str, Any] | None, reused: bool,
+               source: str) -> dict[str, Any]:
+        return {
+            "model_name": model_name, "version": str(version),
+            "alias": champion_alias if role == "champion" else challenger_alias,
+            "promoted": role == "champion", "reason": reason,
+            "protocol": protocol, "headline": headline, "value": float(value),
+            "previous_champion": previous, "model_uri": source,
+            "registry_uri": f"models:/{model_name}/{version}", "run_id": run_id,
+            "data_hash": data_hash, "git_commit": git_commit, "tracking_uri": tracking_uri,
+            "reused": reused,
+        }
+
+    if existing is not None and existing.tags.get(TAG_DECISION) in ("champion", "challenger"):
+        return record(existing.version, existing.tags[TAG_DECISION], existing.tags.get(TAG_REASON, ""),
+                      None, True, existing.source)
+
+    if existing is not None and champion_version is not None and str(champion_version) == str(existing.version):
+        # killed after the alias moved and before the decision was recorded
+        decision, champion_tags = Decision("champion", f"alias {champion_alias} already points to "
+                                                       f"v{existing.version} (completed an interrupted registration)"), None
+    else:
+        champion_tags = None
+        if champion_version is not None:
+            champion_tags = dict(c.get_model_version(model_name, str(champion_version)).tags)
+        decision = decide(protocol=protocol, headline=headline, value=float(value), champion=champion_tags,
+                          champion_version=None if champion_version is None else str(champion_version),
+                          data_hash=data_hash)
+    if existing is not None:
+        mv = existing
+    else:
+        tags = {TAG_PROTOCOL: protocol, TAG_HEADLINE: headline, TAG_VALUE: repr(float(value)),
+                TAG_DATA_HASH: data_hash, TAG_GIT_COMMIT: git_commit, TAG_RUN_ID: run_id,
+                **{k: str(v) for k, v in (extra_tags or {}).items()},
+                **{k: str(v) for k, v in (fingerprint or {}).items()}}
+        with use_tracking_uri(tracking_uri):  # a models:/<id> source is resolved via the global URI
+            mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
     alias = champion_alias if decision.alias_role == "champion" else challenger_alias
     c.set_registered_model_alias(model_name, alias, mv.version)
-    c.set_model_version_tag(model_name, mv.version, TAG_DECISION, decision.alias_role)
     c.set_model_version_tag(model_name, mv.version, TAG_REASON, decision.reason)
+    c.set_model_version_tag(model_name, mv.version, TAG_DECISION, decision.alias_role)  # last: "done"
     previous = None
     if champion_tags is not None:
         previous = {"version": str(champion_version), "protocol": champion_tags.get(TAG_PROTOCOL),
-                    "headline": champion_tags.get(TAG_HEADLINE), "value": champion_tags.get(TAG_VALUE)}
-    return {
-        "model_name": model_name, "version": str(mv.version), "alias": alias,
-        "promoted": decision.alias_role == "champion", "reason": decision.reason,
-        "protocol": protocol, "headline": headline, "value": float(value),
-        "previous_champion": previous, "model_uri": model_uri,
-        "registry_uri": f"models:/{model_name}/{mv.version}", "run_id": run_id,
-        "data_hash": data_hash, "git_commit": git_commit, "tracking_uri": tracking_uri,
-    }
+                    "headline": champion_tags.get(TAG_HEADLINE), "value": champion_tags.get(TAG_VALUE),
+                    "data_hash": champion_tags.get(TAG_DATA_HASH)}
+    return record(mv.version, decision.alias_role, decision.reason, previous, existing is not None,
+                  mv.source if existing is not None else model_uri)

@@ -17,7 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vireid.tracking.store import TrackingError, TrackingTarget, client, ensure_experiment
+from vireid.tracking.store import (
+    LOCAL_DB,
+    LOCAL_DIR,
+    TrackingError,
+    TrackingTarget,
+    client,
+    ensure_experiment,
+    local_path,
+    local_store,
+)
 
 RUN_RECORD_FORMAT = "vireid-mlflow-run/1"
 # tag names set on every pipeline run
@@ -137,7 +146,8 @@ def start_pipeline_run(
     flat params ``model.memory_size``...; tags: ``git_commit``, ``data_hash`` (the prepare
     stage's ``manifest.json`` ``sha256_total``), ``dataset``, ``protocol`` and ``tags``.
     """
-    experiment_id = ensure_experiment(target.tracking_uri, target.experiment, target.artifact_location)
+    experiment_id = ensure_experiment(target.tracking_uri, target.experiment, target.artifact_location,
+                                      require_artifact_location=target.local)
     c = client(target.tracking_uri)
     run = c.create_run(experiment_id, run_name=run_name,
                        tags=_tags(git_commit, data_hash, dataset, protocol, tags))
@@ -145,10 +155,43 @@ def start_pipeline_run(
     return run.info.run_id
 
 
-def run_record(target: TrackingTarget, run_id: str) -> dict[str, str]:
-    """The small JSON object the train stage writes beside its outputs."""
-    return {"format": RUN_RECORD_FORMAT, "run_id": run_id, "tracking_uri": target.tracking_uri,
-            "experiment": target.experiment}
+def run_record(target: TrackingTarget, run_id: str, repo_root: str | os.PathLike[str] | None = None
+               ) -> dict[str, str]:
+    """The small JSON object the train stage writes beside its outputs. The project's local
+    store (``target.local`` with ``repo_root`` given) is recorded as ``"store": "local"`` and
+    a project-relative URI, never as an absolute path."""
+    record = {"format": RUN_RECORD_FORMAT, "run_id": run_id, "tracking_uri": target.tracking_uri,
+              "experiment": target.experiment}
+    if target.local and repo_root is not None and target.tracking_uri == local_store(repo_root)[0]:
+        record.update(store="local", tracking_uri=f"sqlite:///{LOCAL_DIR}/{LOCAL_DB}")
+    return record
+
+
+def record_tracking_uri(record: Mapping[str, str], repo_root: str | os.PathLike[str]) -> str:
+    """The store of a run record: a ``"local"`` record means the local store under ``repo_root``."""
+    return local_store(repo_root)[0] if record.get("store") == "local" else str(record["tracking_uri"])
+
+
+def check_recorded_run(record: Mapping[str, str], path: str | os.PathLike[str], target: TrackingTarget,
+                       repo_root: str | os.PathLike[str]) -> str:
+    """The run id of ``record`` when it lives in ``target``'s store (and, for the local
+    store, keeps its artifacts in this project); :class:`TrackingError` naming the file
+    otherwise (a copied or moved checkout, or a changed ``track.tracking_uri``)."""
+    run_id = str(record["run_id"])
+    uri = record_tracking_uri(record, repo_root)
+    if uri != target.tracking_uri:
+        raise TrackingError(
+            f"{path}: run {run_id} is recorded in store {uri}, but this project's store is "
+            f"{target.tracking_uri} (a copied or moved checkout, or track.tracking_uri changed; "
+            "rerun the train stage: dvc repro -f train)")
+    run = get_run(target.tracking_uri, run_id)
+    if target.local and target.artifact_location and run.info.artifact_uri and \
+            not local_path(run.info.artifact_uri).is_relative_to(local_path(target.artifact_location)):
+        raise TrackingError(
+            f"{path}: run {run_id} keeps its artifacts in {run.info.artifact_uri}, outside this "
+            f"project's {target.artifact_location}: mlruns/ was copied from another checkout (move "
+            "it aside, e.g. mv mlruns mlruns.copied, and rerun the train stage)")
+    return run_id
 
 
 def read_run_record(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -6,6 +6,12 @@ the ``track`` config section. ``track.tracking_uri`` empty selects the local sto
 - backend (runs, metrics, model registry): ``sqlite:///<repo>/mlruns/mlflow.db``
 - artifacts (models, plots): ``<repo>/mlruns/artifacts`` (the experiment's artifact location)
 
+The local store is always the one under the repository handed in: the train stage records it
+as ``{"store": "local"}`` (not as an absolute path), and a recorded run or an experiment whose
+artifacts live in another checkout's store (``mlruns/`` copied or moved along with the
+checkout: MLflow keeps absolute artifact paths) is refused (:func:`check_recorded_run`,
+:func:`ensure_experiment`) rather than silently logging into the original checkout.
+
 A real server is used by setting ``track.tracking_uri`` (``http://host:5000``); the model
 registry needs a database-backed store, which both of these are (a plain ``file:`` store is
 refused).
@@ -33,11 +39,12 @@ class TrackingError(RuntimeError):
 @dataclass(frozen=True)
 class TrackingTarget:
     """A resolved store: URI, artifact location for new experiments (None: the store's
-    default) and experiment name."""
+    default), experiment name, and whether it is the project's local default store."""
 
     tracking_uri: str
     artifact_location: str | None
     experiment: str
+    local: bool = False
 
 
 def local_store(repo_root: str | os.PathLike[str]) -> tuple[str, str]:
@@ -50,7 +57,8 @@ def resolve_target(track: TrackConfig, repo_root: str | os.PathLike[str]) -> Tra
     """The store named by ``track`` (empty URI: the local store under ``repo_root``)."""
     if not track.tracking_uri:
         uri, artifacts = local_store(repo_root)
-        return TrackingTarget(uri, track.artifact_location or artifacts, track.experiment)
+        return TrackingTarget(uri, track.artifact_location or artifacts, track.experiment,
+                              local=not track.artifact_location)
     uri = track.tracking_uri
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme in ("", "file") and uri != "databricks":
@@ -104,8 +112,18 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
-    """Id of experiment ``name``, created (with ``artifact_location``) when missing."""
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).resolve()
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None, *,
+                      require_artifact_location: bool = False) -> str:
+    """Id of experiment ``name``, created (with ``artifact_location``) when missing.
+
+    ``require_artifact_location`` (the local default store): an existing experiment must keep
+    its artifacts under ``artifact_location``; one that keeps them elsewhere comes from a
+    store copied from another checkout and is refused.
+    """
     from mlflow.exceptions import MlflowException
 
     c = client(tracking_uri)
@@ -121,4 +139,10 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
         raise TrackingError(
             f"track.experiment: experiment {name!r} in {tracking_uri} is deleted; restore it "
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+    if require_artifact_location and artifact_location and exp.artifact_location and \
+            not local_path(exp.artifact_location).is_relative_to(local_path(artifact_location)):
+        raise TrackingError(
+            f"{tracking_uri}: experiment {name!r} keeps its artifacts in {exp.artifact_location}, "
+            f"not in this project's {artifact_location}: the store was copied from another checkout "
+            "(move mlruns/ aside, e.g. mv mlruns mlruns.copied, and rerun the train stage)")
     return exp.experiment_id

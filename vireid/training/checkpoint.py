@@ -109,6 +109,8 @@ def _save(path: str | os.PathLike[str], obj: dict[str, Any]) -> Path:
 
 def _load(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
