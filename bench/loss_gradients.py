@@ -17,6 +17,9 @@ tell a modality gap from a lack of identity features.
 
     uv run python bench/loss_gradients.py --shards data/shards --at 1 5 10 20 40 \
         --json bench/results/loss_gradients_cpu.json
+
+``--model outputs/train/model.pt`` measures a trained model (the train stage's selected
+weights, memory included) once instead of training.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vireid.config import config_from_dict, replace  # noqa: E402
 from vireid.evaluation.extract import extract_features  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features  # noqa: E402
-from vireid.training.loop import Trainer, _eval_batches  # noqa: E402
+from vireid.training.checkpoint import read_model_file  # noqa: E402
+from vireid.training.loop import Trainer, _eval_batches, validate  # noqa: E402
 
 
 def shared_parameters(trainer: Trainer) -> list[torch.nn.Parameter]:
@@ -99,6 +103,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
+    ap.add_argument("--model", default="", help="a trained model file to measure instead of training")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -108,7 +113,15 @@ def main() -> None:
     trainer.sampler.set_epoch(10_000)  # fixed measurement batches, not the training draw
     batches = [b for _, b in zip(range(args.batches), trainer.loader, strict=False)]
     rows: list[dict[str, Any]] = []
-    while trainer.epoch < cfg.train.epochs:
+    if args.model:
+        obj = read_model_file(args.model)
+        trainer.model.load_state_dict(obj["model"])
+        row = {"epoch": obj["meta"].get("selected_epoch"), "model": args.model,
+               "val_mAP": validate(trainer.model, trainer.val_table, cfg, trainer.device)["val_mAP"],
+               "same_modality_mAP": same_modality_map(trainer), "terms": term_gradients(trainer, batches)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    while not args.model and trainer.epoch < cfg.train.epochs:
         record = trainer.run_epoch()
         if trainer.epoch in args.at:
             terms = term_gradients(trainer, batches)
@@ -118,7 +131,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        out = {"params": args.params, "seed": args.seed, "batches": args.batches, "rows": rows}
+        out = {"params": args.params, "seed": args.seed, "batches": args.batches, "model": args.model,
+               "rows": rows}
         Path(args.json).write_text(json.dumps(out, indent=1))
     print()
     print("| epoch | val_mAP | same-modality mAP | " + " | ".join(

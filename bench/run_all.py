@@ -84,6 +84,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench/bench_ray_overhead.py", "--epochs", "8", "--order", "prrp",
         "--json", "bench/results/ray_overhead_prrp.json",
     ), env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}),
+    # docs/method.md "Why the additions lose here": per-term gradients of the make-run model
+    # (needs `make run`'s outputs/train/model.pt and data/shards), about a minute.
+    Benchmark("loss_gradients", (
+        "bench/loss_gradients.py", "--shards", "data/shards", "--model", "outputs/train/model.pt",
+        "--batches", "8", "--json", "bench/results/loss_gradients_cpu.json",
+    )),
     # docs/method.md "Measured on the synthetic data": 25 trainings of 40 epochs (5 configurations
     # x 5 seeds, 3-6 min each on 2 cores), about two hours. Needs the prepared shards
     # (`uv run dvc repro prepare`). Only with --with-ablation.
