@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import urllib.error
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from torchvision.models.resnet import BasicBlock
 
 from tests.modeling.helpers import H, W, tiny_cfg
 from vireid.modeling import PretrainedWeightsError, TwoStreamResNet, VIReIDModel
+from vireid.modeling.backbone import load_pretrained_state
 
 
 def _tiny(**kw: object) -> TwoStreamResNet:
@@ -116,3 +119,60 @@ def test_local_weights_file_fills_both_stems_and_shared_layers(tmp_path: Path) -
     torch.testing.assert_close(net.layer3[1].conv2.weight, state["layer3.1.conv2.weight"], rtol=0, atol=0)
     # the stems are copies, not one shared module
     assert net.stems[0][0].weight.data_ptr() != net.stems[1][0].weight.data_ptr()
+
+
+def test_release_table_carries_torchvision_hash_prefixes() -> None:
+    from vireid.modeling.backbone import torchvision_releases
+
+    assert torchvision_releases("resnet50") == {"0676ba61": "IMAGENET1K_V1", "11ad3fa6": "IMAGENET1K_V2"}
+    assert torchvision_releases("resnet18") == {"f37072fd": "IMAGENET1K_V1"}
+
+
+def test_local_weights_not_the_v1_release_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with caplog.at_level(logging.INFO, logger="vireid.modeling.backbone"):
+        load_pretrained_state("resnet18", weights_path=str(path))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    msg = warnings[0].getMessage()
+    assert sha[:8] in msg and "none of torchvision's ImageNet releases" in msg
+    assert "IMAGENET1K_V1" in msg and "f37072fd" in msg
+
+
+def test_local_weights_release_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose hash matches a release is named: V1 is logged, V2 warned about."""
+    from vireid.modeling import backbone
+
+    path = tmp_path / "resnet18-local.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    releases = {"resnet18": {prefix: "IMAGENET1K_V1"}}
+    monkeypatch.setattr(backbone, "torchvision_releases", lambda arch: releases[arch])
+    with caplog.at_level(logging.INFO, logger="vireid.modeling.backbone"):
+        load_pretrained_state("resnet18", weights_path=str(path))
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "IMAGENET1K_V1" in caplog.records[0].getMessage() and prefix in caplog.records[0].getMessage()
+
+    caplog.clear()
+    releases["resnet18"] = {"f37072fd": "IMAGENET1K_V1", prefix: "IMAGENET1K_V2"}
+    with caplog.at_level(logging.INFO, logger="vireid.modeling.backbone"):
+        load_pretrained_state("resnet18", weights_path=str(path))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "ResNet18_Weights.IMAGENET1K_V2, not ResNet18_Weights.IMAGENET1K_V1" in caplog.records[0].getMessage()
+
+
+def test_torchvision_path_loads_weights_only_with_hash_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    def fake(url: str, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        seen.update(kwargs, url=url)
+        return resnet18(weights=None).state_dict()
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fake)
+    load_pretrained_state("resnet18", model_dir=str(tmp_path))
+    assert seen["weights_only"] is True and seen["check_hash"] is True
+    assert str(seen["url"]).endswith("resnet18-f37072fd.pth")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -14,6 +16,52 @@ from torchvision.models.resnet import BasicBlock
 ARCHS = ("resnet50", "resnet18", "tiny")
 # AGW starts from the original ImageNet release (V1) of torchvision's ResNets.
 _WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V1, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
+_ENUMS = {"resnet50": ResNet50_Weights, "resnet18": ResNet18_Weights}
+
+log = logging.getLogger(__name__)
+
+
+def _hash_prefix(url: str) -> str:
+    """The SHA-256 prefix torchvision puts in a weights file name (``resnet50-0676ba61.pth``)."""
+    return url.rsplit("/", 1)[-1].rsplit("-", 1)[-1].split(".", 1)[0]
+
+
+def torchvision_releases(arch: str) -> dict[str, str]:
+    """``{sha256 prefix: release name}`` of torchvision's ImageNet releases of ``arch``."""
+    return {_hash_prefix(w.url): w.name for w in _ENUMS[arch]}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identify_release(arch: str, path: Path) -> tuple[str, str | None]:
+    """(SHA-256 of ``path``, the name of the torchvision release of ``arch`` it is, or None)."""
+    sha = file_sha256(path)
+    for prefix, name in torchvision_releases(arch).items():
+        if sha.startswith(prefix):
+            return sha, name
+    return sha, None
+
+
+def _report_release(arch: str, path: Path) -> None:
+    """Log which torchvision release the local file is; warn when it is not the V1 AGW uses."""
+    sha, release = identify_release(arch, path)
+    expected = _WEIGHTS[arch]
+    if release == expected.name:
+        log.info("model.weights_path: %s is torchvision's %s.%s (sha256 %s...), the release AGW uses",
+                 path, _ENUMS[arch].__name__, release, sha[:8])
+        return
+    what = (f"torchvision's {_ENUMS[arch].__name__}.{release}" if release
+            else "none of torchvision's ImageNet releases")
+    log.warning("model.weights_path: %s (sha256 %s...) is %s, not %s.%s (sha256 %s...) that the "
+                "AGW recipe uses; results will not be comparable with AGW's", path, sha[:8], what,
+                _ENUMS[arch].__name__, expected.name, _hash_prefix(expected.url))
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -63,7 +111,10 @@ def load_pretrained_state(arch: str, weights_path: str = "", model_dir: str | No
         source = str(path)
     else:
         try:
-            state = _WEIGHTS[arch].get_state_dict(progress=False, model_dir=model_dir)
+            # weights_only: a file planted in the cache cannot run code; check_hash: a download
+            # must match the SHA-256 prefix in torchvision's file name
+            state = _WEIGHTS[arch].get_state_dict(progress=False, model_dir=model_dir,
+                                                  weights_only=True, check_hash=True)
         except Exception as e:  # URLError, HTTPError, OSError, a truncated cache file, ...
             raise PretrainedWeightsError(
                 f"model.pretrained: could not obtain torchvision's ImageNet weights for {arch} "
@@ -80,6 +131,8 @@ def load_pretrained_state(arch: str, weights_path: str = "", model_dir: str | No
         raise PretrainedWeightsError(
             f"model.weights_path: {source} is not a torchvision {arch} state dict "
             f"({str(e).splitlines()[0]} ...); {_how_to_supply(arch)}") from e
+    if weights_path:
+        _report_release(arch, Path(weights_path))
     return state
 
 
