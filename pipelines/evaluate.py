@@ -1,6 +1,7 @@
 """DVC stage ``evaluate``: the test protocols on the trained model.
 
-Reads ``data`` (which dataset and RegDB trial) and ``eval``. Loads ``outputs/train/model.pt``
+Reads ``data`` (which dataset and RegDB trial) and ``eval`` (``eval.max_rank`` is the length of
+the CMC curves, ``eval.stable_argsort`` the tie rule of every ranking). Loads ``outputs/train/model.pt``
 (refusing a model trained for another dataset, image size or RegDB trial), extracts the
 query and gallery features once from the shards, and runs the SYSU-MM01 protocols (every
 ``eval.sysu_modes`` x ``eval.sysu_shots``, ``eval.trials`` gallery draws) or both RegDB
@@ -66,11 +67,12 @@ def features(model: torch.nn.Module, table: ShardTable, cfg: Config, device: tor
 
 
 def ranked_list(path: Path, qf: np.ndarray, gf: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray,
-                q_images: Any, g_images: Any, n_queries: int = 6, k: int = 10) -> Path:
-    """Top-``k`` gallery images of ``n_queries`` evenly spaced queries."""
+                q_images: Any, g_images: Any, n_queries: int = 6, k: int = 10,
+                stable: bool = False) -> Path:
+    """Top-``k`` gallery images of ``n_queries`` evenly spaced queries (``stable``: ties by index)."""
     rows = np.unique(np.linspace(0, len(qf) - 1, num=min(n_queries, len(qf))).round().astype(int))
     dist = -(qf[rows].astype(np.float64) @ gf.astype(np.float64).T)
-    ranked = report.top_k(dist, k=min(k, gf.shape[0]))
+    ranked = report.top_k(dist, k=min(k, gf.shape[0]), stable=stable)
     correct = g_ids[ranked] == q_ids[rows][:, None]
     titles = [f"query id {q_ids[r]}" for r in rows]
     return report.plot_ranked_list(path, rows.tolist(), ranked, correct, q_images, g_images, titles)
@@ -114,7 +116,8 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
                 shots: Any = cfg.eval.sysu_shots, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
             return sysu_protocols(query, qf, pool, gf, modes=modes, shots=shots,
                                   sampler=cfg.eval.sysu_sampler, trials=cfg.eval.trials, perms=perms,
-                                  chunk=cfg.eval.query_chunk, rerank=rerank)
+                                  chunk=cfg.eval.query_chunk, rerank=rerank,
+                                  stable=cfg.eval.stable_argsort, max_rank=cfg.eval.max_rank)
 
         results = run(qf, gf)
         mode, shot = cfg.eval.headline.split("/")[1:3]
@@ -124,16 +127,17 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
 
         for key, res in results.items():
             entries[key] = report.sysu_entry(res)
-            curves[key] = report.mean_curve([t.result.cmc for t in res.trials])
+            curves[key] = report.mean_curve([t.result.cmc for t in res.trials], cfg.eval.max_rank)
         idx = sample_gallery(pool, mode, shot, 0, cfg.eval.sysu_sampler, perms)
         ranked_list(out / "ranked_list.png", qf, gf[idx], q_table.identity, g_table.identity[idx],
-                    q_table.image, lambda j: g_table.image(int(idx[j])))
+                    q_table.image, lambda j: g_table.image(int(idx[j])), stable=cfg.eval.stable_argsort)
     else:
 
         def run_regdb(qf: np.ndarray, gf: np.ndarray, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
             return regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
                                              model_trial=meta.get("regdb_trial"),
-                                             chunk=cfg.eval.query_chunk, rerank=rerank)
+                                             chunk=cfg.eval.query_chunk, rerank=rerank,
+                                             stable=cfg.eval.stable_argsort, max_rank=cfg.eval.max_rank)
 
         res = run_regdb(qf, gf)
         entries.update(report.regdb_entries(regdb_eval.aggregate_regdb({trial: res})))
@@ -143,9 +147,9 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
             return report.regdb_entries(aggregated)[headline_key]["mean"]
 
         for direction, r in res.items():
-            curves[f"regdb/{direction}"] = report.mean_curve([r.cmc])
+            curves[f"regdb/{direction}"] = report.mean_curve([r.cmc], cfg.eval.max_rank)
         ranked_list(out / "ranked_list.png", qf, gf, q_table.identity, g_table.identity,
-                    q_table.image, g_table.image)
+                    q_table.image, g_table.image, stable=cfg.eval.stable_argsort)
     if headline_key not in curves:
         raise ValueError(f"eval.headline: {cfg.eval.headline!r} is not among the protocols run "
                          f"({', '.join(curves)})")

@@ -75,3 +75,44 @@ def test_evaluate_refuses_a_regdb_model_of_another_trial(tiny_shards, model_file
     with pytest.raises(CheckpointMismatchError, match="dataset"):
         evaluate_stage.evaluate(cfg, tmp_path / "regdb.pt", shards, tmp_path, torch.device("cpu"))
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("max_rank", [20, 27])
+def test_eval_max_rank_sets_the_cmc_length(tiny_shards, model_file, tmp_path, max_rank) -> None:
+    shards, cfg = tiny_shards
+    cfg = replace(cfg, eval={"trials": 1, "sysu_modes": ["all"], "sysu_shots": ["single"], "max_rank": max_rank})
+    evaluate_stage.evaluate(cfg, model_file, shards, tmp_path, torch.device("cpu"))
+    header, *rows = (tmp_path / "cmc.csv").read_text().splitlines()
+    assert len(rows) == max_rank and rows[-1].split(",")[0] == str(max_rank)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_eval_stable_argsort_reaches_the_ranking(tiny_shards, model_file, tmp_path, monkeypatch,
+                                                 stable) -> None:
+    """Every distance ties (equal features): the rankings sort with the tie rule of the config."""
+    import numpy as np
+
+    from vireid.evaluation import metrics, report
+
+    shards, cfg = tiny_shards
+    cfg = replace(cfg, eval={"trials": 1, "sysu_modes": ["all"], "sysu_shots": ["single"],
+                             "stable_argsort": stable})
+    monkeypatch.setattr(evaluate_stage, "features",
+                        lambda model, table, cfg, device: np.ones((len(table.identity), 8), np.float32))
+    kinds: list[object] = []
+    real_argsort = np.argsort
+
+    class _Np:  # numpy as the ranking code sees it, with argsort recording its sort kind
+        def __getattr__(self, name: str) -> object:
+            return getattr(np, name)
+
+        @staticmethod
+        def argsort(a, *args, **kwargs):  # type: ignore[no-untyped-def]
+            kinds.append(kwargs.get("kind"))
+            return real_argsort(a, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "np", _Np())
+    monkeypatch.setattr(report, "np", _Np())
+    evaluate_stage.evaluate(cfg, model_file, shards, tmp_path, torch.device("cpu"))
+    # the protocol rankings (metrics) and the ranked-list plot (report) both sort with it
+    assert kinds and set(kinds) == {"stable" if stable else None}
