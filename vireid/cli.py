@@ -3,7 +3,8 @@
 Run it from the repository root (where ``params.yaml`` and ``pipelines/`` live)::
 
     vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
-    vireid repro                             # dvc repro (extra arguments go to dvc)
+    vireid repro                             # dvc repro register (not the opt-in tune stage)
+    vireid repro tune                        # dvc repro of other target(s); dvc options pass through
     vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
 
@@ -59,8 +60,22 @@ def _cmd_stage(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+REPRO_DEFAULT_TARGET = "register"  # the pipeline up to the registered model; tune is opt-in
+
+
+def repro_argv(targets: list[str], extra: list[str]) -> list[str]:
+    """The ``dvc repro`` command line: ``targets``, or ``register`` when none is given.
+
+    ``extra`` (dvc's options) pass through; with ``-P``/``--all-pipelines`` no default target
+    is added (dvc then reproduces every pipeline, tune included, as asked).
+    """
+    if not targets and not {"-P", "--all-pipelines"} & set(extra):
+        targets = [REPRO_DEFAULT_TARGET]
+    return [sys.executable, "-m", "dvc", "repro", *extra, *targets]
+
+
 def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
-    return subprocess.call([sys.executable, "-m", "dvc", "repro", *extra])
+    return subprocess.call(repro_argv(list(args.targets), extra))
 
 
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
@@ -127,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, parents=[common], help=f"run pipelines/{stage}.py (other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
         p.set_defaults(func=_cmd_stage)
-    p = sub.add_parser("repro", parents=[common], help="dvc repro (arguments go to dvc)")
+    p = sub.add_parser("repro", parents=[common],
+                       help=f"dvc repro of the target stages (default {REPRO_DEFAULT_TARGET}; options go to dvc)")
+    p.add_argument("targets", nargs="*", help=f"dvc stages to reproduce (default {REPRO_DEFAULT_TARGET}: "
+                                              "the pipeline without the opt-in tune stage)")
     p.set_defaults(func=_cmd_repro)
 
     p = sub.add_parser("search", parents=[common], help="rank a gallery folder against query image(s)")
