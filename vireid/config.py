@@ -108,7 +108,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The two-stream network and the method's switchable parts (METHOD.md sections 0-2)."""
+    """The two-stream network and the method's switchable parts (docs/method.md sections 0-2)."""
 
     arch: Literal["resnet50", "resnet18", "tiny"] = "resnet50"  # tiny: 1 block per stage, for tests
     pretrained: bool = True  # start the backbone from ImageNet weights
@@ -144,7 +144,7 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss terms (METHOD.md sections 0, 1, 3); each term is returned by name."""
+    """Loss terms (docs/method.md sections 0, 1, 3); each term is returned by name."""
 
     label_smoothing: float = 0.0  # identity cross-entropy label smoothing
     triplet: Literal["hard", "wrt", "none"] = "wrt"  # wrt: AGW's weighted-regularisation triplet; hard: batch-hard with margin

@@ -1,4 +1,4 @@
-"""Network, losses and training task of the method (METHOD.md sections 0-3)."""
+"""Network, losses and training task of the method (docs/method.md sections 0-3)."""
 
 from vireid.modeling.backbone import PretrainedWeightsError, TwoStreamResNet, load_pretrained_state
 from vireid.modeling.export import (

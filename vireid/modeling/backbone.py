@@ -1,4 +1,4 @@
-"""Two-stream ResNet: one stem per modality, shared residual stages (METHOD.md section 0)."""
+"""Two-stream ResNet: one stem per modality, shared residual stages (docs/method.md section 0)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dual-classifier attention fusion (METHOD.md section 1), parameter-free."""
+"""Dual-classifier attention fusion (docs/method.md section 1), parameter-free."""
 
 from __future__ import annotations
 
