@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests._fixtures import fixture_absent, fixtures_dir
 from vireid.config import SyntheticConfig
 from vireid.data.synthetic import generate_regdb, generate_sysu
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-EVAL_FIXTURES = SHARED / "fixtures" / "eval"
+EVAL_FIXTURES = fixtures_dir() / "eval"
 
 # the smallest valid generated sets: 12 SYSU identities (8 test), 4 RegDB identities, 64x32
 TINY = SyntheticConfig(seed=3, sysu_identities=12, sysu_images_per_camera=2, regdb_identities=4,
@@ -22,7 +22,7 @@ TINY = SyntheticConfig(seed=3, sysu_identities=12, sysu_images_per_camera=2, reg
 @pytest.fixture(scope="session")
 def eval_fixtures() -> Path:
     if not EVAL_FIXTURES.is_dir():
-        pytest.skip(f"reference fixtures not found at {EVAL_FIXTURES} (shared/ must sit beside the repo)")
+        fixture_absent(EVAL_FIXTURES)  # skip; under CI: fail
     return EVAL_FIXTURES
 
 
