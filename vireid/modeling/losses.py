@@ -1,4 +1,4 @@
-"""Loss terms of METHOD.md sections 0, 1 and 3, as plain functions on tensors.
+"""Loss terms of docs/method.md sections 0, 1 and 3, as plain functions on tensors.
 
 Every term is a per-sample mean over the samples it covers. Triplet distances are computed
 in float32 with autocast off: under bf16 autocast ``x @ x.t()`` at GeM-output norms is off
@@ -120,7 +120,7 @@ def dynamic_weight(teacher_logits: Tensor, student_logits: Tensor, labels: Tenso
 
 def distillation_loss(student_logits: Tensor, teachers: list[tuple[Tensor, Tensor | None]],
                       labels: Tensor, temperature: float, dynamic: bool = True) -> tuple[Tensor, list[Tensor]]:
-    """Self-distillation, METHOD.md section 3.
+    """Self-distillation, docs/method.md section 3.
 
     student_logits [N,C]; teachers: (logits [N,C], present [N] bool or None for all),
     detached here; L = mean_i sum_t w_{t,i} T^2 KL(p_t || p_s), a teacher absent for sample

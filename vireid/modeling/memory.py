@@ -1,4 +1,4 @@
-"""Multi-view memory: a FIFO ring of detached features per identity (METHOD.md section 2)."""
+"""Multi-view memory: a FIFO ring of detached features per identity (docs/method.md section 2)."""
 
 from __future__ import annotations
 

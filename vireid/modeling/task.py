@@ -56,7 +56,7 @@ def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
 
 
 class ReIDTask(nn.Module):
-    """Computes the method's named loss terms for a sampler batch (METHOD.md sections 0-3).
+    """Computes the method's named loss terms for a sampler batch (docs/method.md sections 0-3).
 
     Terms: ``id`` (shared classifier on g), ``tri`` (triplet on f, unless ``loss.triplet``
     is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when ``loss.distill``).
@@ -119,7 +119,7 @@ class ReIDTask(nn.Module):
 
         The batch's ``[visible block, infrared block]`` is interleaved (v0, r0, v1, r1, ...)
         before the write, so that the last S views of an identity hold both modalities for
-        every S >= 2 (METHOD.md section 2, "multi-view").
+        every S >= 2 (docs/method.md section 2, "multi-view").
         """
         memory = self.model.memory
         if memory is None:

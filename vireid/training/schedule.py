@@ -1,4 +1,4 @@
-"""AGW optimiser and learning-rate schedule (METHOD.md, "what is tuned").
+"""AGW optimiser and learning-rate schedule (docs/method.md, "what is tuned").
 
 SGD with nesterov momentum and weight decay, two parameter groups (the pretrained backbone
 at ``train.backbone_lr``; every new layer -- classifiers, BNNeck, fusion -- at ``train.lr``),
