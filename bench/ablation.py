@@ -120,6 +120,8 @@ def report(data: dict[str, Any]) -> str:
                   "| Δ mAP vs baseline (95 % CI) |", "|---|---|---|---|---|---|---|"]
         base = {r["seed"]: r[which] for r in results.get("baseline", [])}
         for name, rows in results.items():
+            if not rows:  # a configuration not run (e.g. "+ memory", docs/method.md)
+                continue
             cells = []
             for m in METRICS:
                 v = np.array([r[which][m] for r in rows])
@@ -148,13 +150,15 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for k, (name, rows) in enumerate(data["results"].items()):
+        if not rows:
+            continue
         colour = f"C{k}"
         curves = [[(c["epoch"], c["val_mAP"]) for c in r["curve"] if "val_mAP" in c] for r in rows]
         for c in curves:
             ax.plot(*zip(*c, strict=True), color=colour, alpha=0.25, lw=0.8)
         epochs = [e for e, _ in curves[0]]
         mean = np.mean([[v for _, v in c] for c in curves], axis=0)
-        ax.plot(epochs, 100 * mean / 100, color=colour, lw=2, label=name)
+        ax.plot(epochs, mean, color=colour, lw=2, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("held-out val mAP (fraction)")
     ax.set_title("Validation mAP per epoch (thin: seeds, thick: mean)")
@@ -181,7 +185,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
         for name, rows in p["results"].items():
             have = {r["seed"] for r in results.setdefault(name, [])}
             results[name].extend(r for r in rows if r["seed"] not in have)
-    order = [n for n in CONFIGS if n in results] + [n for n in results if n not in CONFIGS]
+    order = [n for n in CONFIGS if results.get(n)] + [n for n in results if n not in CONFIGS and results[n]]
     return {**first, "seeds": sorted({s for p in parts for s in p["seeds"]}),
             "results": {n: sorted(results[n], key=lambda r: r["seed"]) for n in order}}
 
