@@ -119,7 +119,10 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a process started in the background (or by a test runner's worker) inherits
+    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must stop the UI regardless
+    previous = {sig: signal.signal(sig, _terminate)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
