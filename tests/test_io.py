@@ -29,3 +29,15 @@ def test_atomic_directory_failure_keeps_old(tmp_path: Path) -> None:
     with atomic_directory(out) as tmp:
         (tmp / "y").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["y"]
+
+
+def test_sha256_file_reads_in_blocks(tmp_path) -> None:
+    import hashlib
+
+    from vireid.io import sha256_file
+
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one block
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path, chunk=7) == hashlib.sha256(data).hexdigest()

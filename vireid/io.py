@@ -7,6 +7,7 @@ operation on POSIX file systems). A crash leaves either the old file or the new 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,3 +97,12 @@ def remove_stale_temporaries(*paths: str | os.PathLike[str]) -> list[Path]:
                 tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in ``chunk``-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -53,7 +53,7 @@ from PIL import Image, UnidentifiedImageError
 from vireid.data.errors import DatasetError
 from vireid.data.identity import IdentityMap
 from vireid.data.sample import Modality, Sample
-from vireid.io import atomic_directory, atomic_write_json
+from vireid.io import atomic_directory, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,6 @@ def load_image(root: Path, sample: Sample, size: tuple[int, int], quality: int,
                encoding: str = "jpeg") -> bytes:
     """:func:`resized_image` then :func:`encode_image`: the stored bytes of one sample."""
     return encode_image(resized_image(root, sample, size), encoding, quality)
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _SplitWriter:

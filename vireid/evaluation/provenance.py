@@ -20,28 +20,19 @@ The registry compares a challenger with the champion only when ``shards_sha256``
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vireid.evaluation.regdb import TrialMismatchError
+from vireid.io import sha256_file as file_sha256
 
 PROVENANCE_KEY = "provenance"
 
 
 class ShardMismatchError(ValueError):
     """The shards are not the ones the model's split was made from; names the manifest."""
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_kind(manifest: Mapping[str, Any]) -> str:

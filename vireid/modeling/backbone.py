@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -12,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet, ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.resnet import BasicBlock
+
+from vireid.io import sha256_file as file_sha256
 
 ARCHS = ("resnet50", "resnet18", "tiny")
 # AGW starts from the original ImageNet release (V1) of torchvision's ResNets.
@@ -29,15 +30,6 @@ def _hash_prefix(url: str) -> str:
 def torchvision_releases(arch: str) -> dict[str, str]:
     """``{sha256 prefix: release name}`` of torchvision's ImageNet releases of ``arch``."""
     return {_hash_prefix(w.url): w.name for w in _ENUMS[arch]}
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def identify_release(arch: str, path: Path) -> tuple[str, str | None]:
