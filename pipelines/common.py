@@ -14,7 +14,7 @@ import yaml
 
 from vireid.config import SECTIONS, Config, ConfigError, check_params, config_from_dict
 from vireid.errors import run_entry
-from vireid.io import remove_stale_temporaries
+from vireid.io import environ_set, remove_stale_temporaries
 
 __all__ = ["clean_stale_temporaries", "load_config", "run_entry", "setup_logging", "stage_parser",
            "weights_only_torch_load"]
@@ -92,12 +92,5 @@ def weights_only_torch_load() -> Iterator[None]:
     -- and of the Ray workers it starts, which inherit the environment -- unpickles tensors and
     plain containers only, even where a library asks for more (torchvision's ImageNet weights
     download/cache: ``load_state_dict_from_url`` defaults to ``weights_only=False``)."""
-    saved = os.environ.get(FORCE_WEIGHTS_ONLY)
-    os.environ[FORCE_WEIGHTS_ONLY] = "1"
-    try:
+    with environ_set(FORCE_WEIGHTS_ONLY, "1"):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[FORCE_WEIGHTS_ONLY] = saved

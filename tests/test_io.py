@@ -41,3 +41,21 @@ def test_sha256_file_reads_in_blocks(tmp_path) -> None:
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
     assert sha256_file(path, chunk=7) == hashlib.sha256(data).hexdigest()
+
+
+def test_environ_set_restores_the_previous_state(monkeypatch) -> None:
+    import os
+
+    from vireid.io import environ_set
+
+    monkeypatch.delenv("VIREID_TEST_VAR", raising=False)
+    with environ_set("VIREID_TEST_VAR", "1"):
+        assert os.environ["VIREID_TEST_VAR"] == "1"
+    assert "VIREID_TEST_VAR" not in os.environ
+    monkeypatch.setenv("VIREID_TEST_VAR", "old")
+    try:
+        with environ_set("VIREID_TEST_VAR", "new"):
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert os.environ["VIREID_TEST_VAR"] == "old"

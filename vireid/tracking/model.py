@@ -34,6 +34,7 @@ import torch
 import yaml
 from torch import nn
 
+from vireid.io import environ_set
 from vireid.modeling.export import inference_copy
 from vireid.tracking.store import TrackingError, use_tracking_uri
 
@@ -167,15 +168,8 @@ def check_pt2_model(local_dir: str | os.PathLike[str], model_uri: str = "") -> d
 def pickle_deserialization_disabled() -> Iterator[None]:
     """``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` for the block (MLflow 3.17 defaults to
     true), so MLflow also checks that the pt2 archive holds no pickled record."""
-    saved = os.environ.get(_ALLOW_PICKLE)
-    os.environ[_ALLOW_PICKLE] = "false"
-    try:
+    with environ_set(_ALLOW_PICKLE, "false"):
         yield
-    finally:
-        if saved is None:
-            os.environ.pop(_ALLOW_PICKLE, None)
-        else:
-            os.environ[_ALLOW_PICKLE] = saved
 
 
 def load_logged_embedder(tracking_uri: str, model_uri: str, device: str | torch.device = "cpu"
