@@ -33,13 +33,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.evaluate import evaluate, samples_of  # noqa: E402
 from vireid.config import Config, config_from_dict, replace  # noqa: E402
 from vireid.data.prepare import prepare  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
 from vireid.data.synthetic import generate_sysu  # noqa: E402
 from vireid.evaluation.chance import chance_level as random_chance  # noqa: E402
 from vireid.evaluation.sysu import sysu_protocol  # noqa: E402
+from vireid.stages.evaluate import evaluate, samples_of  # noqa: E402
 from vireid.training.checkpoint import cpu_state_dict, save_model  # noqa: E402
 from vireid.training.loop import Trainer  # noqa: E402
 

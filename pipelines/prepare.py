@@ -1,28 +1,14 @@
-"""DVC stage ``prepare``: raw tree at ``data.root`` -> Arrow shards + manifest.json."""
+"""DVC stage ``prepare``: the entry point ``python -m pipelines.prepare``; the work is
+:mod:`vireid.stages.prepare` (options: ``--help``)."""
 
 from __future__ import annotations
 
 import sys
 
-from pipelines.common import (
-    clean_stale_temporaries,
-    load_config,
-    run_entry,
-    setup_logging,
-    stage_parser,
-)
-from vireid.data.prepare import prepare
+from vireid.errors import run_entry
+from vireid.stages.prepare import main
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--out", default="data/shards", help="shard directory (default data/shards)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    data = load_config(args.params).data
-    clean_stale_temporaries(args.out)
-    prepare(data, args.out)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(run_entry(main))

@@ -1,40 +1,14 @@
-"""DVC stage ``synth``: generate the synthetic dataset tree at ``data.root``.
-
-Does nothing when ``data.synthetic`` is false (a real dataset lives at ``data.root``).
-The tree is built under a temporary name and renamed into place (atomic).
-"""
+"""DVC stage ``synth``: the entry point ``python -m pipelines.synth``; the work is
+:mod:`vireid.stages.synth` (options: ``--help``)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from pipelines.common import (
-    clean_stale_temporaries,
-    load_config,
-    run_entry,
-    setup_logging,
-    stage_parser,
-)
-from vireid.data.synthetic import generate_regdb, generate_sysu
+from vireid.errors import run_entry
+from vireid.stages.synth import main
 
-log = logging.getLogger("pipelines.synth")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    args = parser.parse_args(argv)
-    setup_logging()
-    data = load_config(args.params).data
-    if not data.synthetic:
-        log.info("data.synthetic is false: using the dataset at %s, nothing to generate", data.root)
-        return
-    clean_stale_temporaries(data.root)
-    if data.dataset == "sysu":
-        generate_sysu(data.root, data.synth)
-    else:
-        generate_regdb(data.root, data.synth)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(run_entry(main))

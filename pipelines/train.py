@@ -1,102 +1,19 @@
-"""DVC stage ``train``: train on Ray Train from the shards; export the selected model.
-
-Reads ``data``, ``model``, ``loss``, ``train`` and ``track`` (where the MLflow run goes).
-Writes ``outputs/train/model.pt`` (selected weights + metadata), ``train_summary.json``,
-``history.csv`` and ``mlflow_run.json`` (the pipeline's MLflow run, which the later stages
-log into). Ray Train keeps its checkpoints under ``ray_results/train/<run name>`` (outside
-the DVC outputs): rerunning the stage after an interruption continues from the last
-checkpoint; changed parameters or data give another run name and start afresh.
-"""
+"""DVC stage ``train``: the entry point ``python -m pipelines.train``; the work is
+:mod:`vireid.stages.train` (options: ``--help``)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-# Under `uv run` (make run), Ray would otherwise ship the whole project directory, .venv
-# included, to every worker. Must be set before ray is imported.
+# Under `uv run`, Ray would otherwise ship the whole project directory, .venv included, to
+# every worker. Must be set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from vireid.errors import run_entry  # noqa: E402
+from vireid.stages.train import main  # noqa: E402
 
-from pipelines.common import (  # noqa: E402
-    clean_stale_temporaries,
-    load_config,
-    run_entry,
-    setup_logging,
-    stage_parser,
-    weights_only_torch_load,
-)
-from vireid.config import config_to_dict  # noqa: E402
-from vireid.data.shards import ShardSet  # noqa: E402
-from vireid.io import atomic_write_json  # noqa: E402
-from vireid.modeling.backbone import load_pretrained_state  # noqa: E402
-from vireid.tracking import (  # noqa: E402
-    end_run,
-    git_commit,
-    log_metrics,
-    resolve_target,
-    run_record,
-    start_pipeline_run,
-)
-from vireid.training.ray_train import fit  # noqa: E402
-
-log = logging.getLogger("pipelines.train")
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
-    with weights_only_torch_load():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> dict[str, Any]:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
-    parser.add_argument("--out", default="outputs/train", help="output directory")
-    parser.add_argument("--storage", default="ray_results/train",
-                        help="Ray Train storage (checkpoints; kept between runs for resuming)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_config(args.params)
-    if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
-        load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
-    repo = Path.cwd()
-    out = Path(args.out)
-    clean_stale_temporaries(*(out / name for name in ("model.pt", "train_summary.json", "history.csv",
-                                                      "mlflow_run.json")))
-    shards = ShardSet(args.shards)
-    target = resolve_target(cfg.track, repo)
-    run_id = start_pipeline_run(
-        target, config=config_to_dict(cfg), git_commit=git_commit(repo),
-        data_hash=str(shards.manifest.get("sha256_total", "")), dataset=cfg.data.dataset,
-        protocol="", run_name="pipeline")
-    log.info("MLflow run %s in %s", run_id, target.tracking_uri)
-    try:
-        summary = fit(cfg, Path(args.shards), Path(args.out), Path(args.storage).resolve(),
-                      tracking={"tracking_uri": target.tracking_uri, "run_id": run_id})
-        for record in summary["history"]:  # per-epoch means and validation, step = epoch
-            log_metrics(target.tracking_uri, run_id,
-                        {f"epoch/{k}": float(v) for k, v in record.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"},
-                        step=int(record["epoch"]))
-        log_metrics(target.tracking_uri, run_id,
-                    {f"selected/{k}": v for k, v in summary["val_metrics"].items()}
-                    | {"selected/epoch": float(summary["selected_epoch"]),
-                       "train/images_per_s": float(summary["images_per_s"] or 0.0),
-                       "train/wall_seconds": float(summary["wall_seconds"])})
-    except BaseException:
-        end_run(target.tracking_uri, run_id, "FAILED")
-        raise
-    end_run(target.tracking_uri, run_id, "FINISHED")
-    atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id, repo))
-    print(f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s "
-          f"({summary['images_per_s']:.1f} images/s); selected epoch {summary['selected_epoch']}: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in summary["val_metrics"].items()))
-    return summary
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(run_entry(main))

@@ -1,17 +1,5 @@
-"""DVC stage ``tune``: Ray Tune search over the memory size S and the temperature T.
-
-Reads ``tune`` (the search), and ``data``, ``model``, ``loss``, ``train`` (each trial is the
-train stage's Ray Train run with S, T and ``tune.epochs`` replaced) and ``track`` (MLflow:
-a parent run, one child run per trial). Writes ``outputs/tune/best_params.yaml``
-(``{model: {memory_size: S}, loss: {temperature: T}}``), ``summary.json`` and ``tune.png``.
-
-The Tune experiment lives under ``--storage`` (default ``$VIREID_RAY_STORAGE`` or
-``ray_results/tune``), outside the DVC outputs, and is named after the search's inputs:
-rerunning an interrupted stage resumes it (finished trials are not run again); changed
-parameters or data start a fresh one. With ``RAY_ADDRESS`` set (a Ray job on a cluster)
-the stage joins that cluster; otherwise it starts a local Ray with the CPUs that
-``tune.max_concurrent`` trials need.
-"""
+"""DVC stage ``tune``: the entry point ``python -m pipelines.tune``; the work is
+:mod:`vireid.stages.tune` (options: ``--help``)."""
 
 from __future__ import annotations
 
@@ -22,58 +10,10 @@ import sys
 # every worker. Must be set before ray is imported.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from vireid.errors import run_entry  # noqa: E402
+from vireid.stages.tune import main  # noqa: E402
 
-from pipelines.common import (  # noqa: E402
-    clean_stale_temporaries,
-    load_config,
-    run_entry,
-    setup_logging,
-    stage_parser,
-    weights_only_torch_load,
-)
-from vireid.tracking import resolve_target  # noqa: E402
-from vireid.tuning import run_search  # noqa: E402
-
-log = logging.getLogger("pipelines.tune")
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
-    with weights_only_torch_load():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> dict[str, Any]:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
-    parser.add_argument("--out", default="outputs/tune", help="output directory")
-    parser.add_argument("--storage", default=os.environ.get("VIREID_RAY_STORAGE") or "ray_results/tune",
-                        help="Tune + Ray Train state, kept between runs for resuming; shared by "
-                             "all nodes on a cluster (default $VIREID_RAY_STORAGE or ray_results/tune)")
-    parser.add_argument("--driver-cpus", type=float, default=1.0,
-                        help="CPUs each trial's driver (the Tune function trainable) reserves")
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_config(args.params)
-    clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
-    if os.environ.get("RAY_ADDRESS"):
-        import ray
-
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        log.info("joined the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    summary = run_search(cfg, Path(args.shards), storage, Path(args.out),
-                         tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus)
-    best = summary["best"]
-    log.info("tune: %d trials, %d stopped early by ASHA, %d of %d trial-epochs used; best S=%s "
-             "T=%.4g (val_mAP %.4f)", summary["num_trials"], summary["num_early_stopped"],
-             summary["trial_epochs_used"], summary["trial_epochs_full"], best["memory_size"],
-             best["temperature"], best["val_mAP"])
-    return summary
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(run_entry(main))

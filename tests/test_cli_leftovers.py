@@ -87,9 +87,9 @@ def test_io_finds_only_the_temporaries_of_the_output(tmp_path: Path) -> None:
 
 
 def test_prepare_stage_removes_what_a_killed_prepare_left(tmp_path: Path) -> None:
-    from pipelines import prepare as prepare_stage
-    from pipelines import synth as synth_stage
     from vireid.data.shards import ShardSet
+    from vireid.stages import prepare as prepare_stage
+    from vireid.stages import synth as synth_stage
 
     params = params_file(tmp_path / "params.yaml", {"data": {
         "root": str(tmp_path / "raw" / "SYSU-MM01"), "image_height": 32, "image_width": 16, "holdout_identities": 1,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.common import load_config
 from tests._params import REPO, params_file
 from vireid.config import Config, ConfigError, check_schedule, config_from_dict
+from vireid.stages.entry import load_config
 
 
 @pytest.mark.parametrize(

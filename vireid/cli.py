@@ -1,6 +1,6 @@
 """The ``vireid`` command: pipeline stages, ``repro``, image ``search`` and ``mlflow-ui``.
 
-Run it from the repository root (where ``params.yaml`` and ``pipelines/`` live)::
+Run it where ``params.yaml`` lives (or point ``--params`` at one)::
 
     vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
     vireid repro                             # dvc repro register (not the opt-in tune stage)
@@ -8,7 +8,8 @@ Run it from the repository root (where ``params.yaml`` and ``pipelines/`` live):
     vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
 
-This module parses arguments only; the work is in ``pipelines/`` and :mod:`vireid.search`.
+This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
+the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.search`.
 """
 
 from __future__ import annotations
@@ -24,23 +25,9 @@ from types import ModuleType
 STAGES = ("synth", "prepare", "train", "evaluate", "register", "tune")
 
 
-class CLIError(RuntimeError):
-    """A usage problem reported as one line on stderr with exit code 2."""
-
-
-def _pipeline(stage: str) -> ModuleType:
-    """``pipelines.<stage>``, importable from the repository root (the current folder)."""
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(f"pipelines.{stage}")
-    except ModuleNotFoundError as e:
-        if e.name == "pipelines" or not (Path(cwd) / "pipelines").is_dir():
-            raise CLIError(f"no pipelines/ folder in {cwd}: run vireid from the repository root") from e
-        if e.name == f"pipelines.{stage}":
-            raise CLIError(f"pipelines/{stage}.py does not exist in {cwd}") from e
-        raise
+def _stage(stage: str) -> ModuleType:
+    """:mod:`vireid.stages.<stage>` (imported on demand: Ray is loaded only by the stages using it)."""
+    return importlib.import_module(f"vireid.stages.{stage}")
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -50,13 +37,15 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return str(args.tracking_uri)
     if Path(args.params).is_file():
-        cfg = _pipeline("common").load_config(args.params)
+        from vireid.stages.entry import load_config
+
+        cfg = load_config(args.params)
         return resolve_target(cfg.track, Path.cwd()).tracking_uri
     return local_store(Path.cwd())[0]
 
 
 def _cmd_stage(args: argparse.Namespace, extra: list[str]) -> int:
-    _pipeline(args.command).main(["--params", args.params, *extra])
+    _stage(args.command).main(["--params", args.params, *extra])
     return 0
 
 
@@ -142,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true",
                         help="show the traceback of an expected error too (also: VIREID_DEBUG=1)")
     for stage in STAGES:
-        p = sub.add_parser(stage, parents=[common], help=f"run pipelines/{stage}.py (other options go to the stage)")
+        p = sub.add_parser(stage, parents=[common], help=f"run the {stage} stage (vireid.stages.{stage}; other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
         p.set_defaults(func=_cmd_stage)
     p = sub.add_parser("repro", parents=[common],
@@ -205,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # stderr carries the error line only: no MLflow download progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # the stages start Ray: keep its workers in this environment (not a `uv run` runtime env)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     code = 0
 
     def work(_: list[str]) -> None:

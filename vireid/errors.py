@@ -34,7 +34,6 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
     ("vireid.search", "SearchError", "check the paths given"),
     ("vireid.tuning.search", "SearchIncomplete", "finished trials are kept"),
-    ("vireid.cli", "CLIError", "see vireid --help"),
     ("yaml", "YAMLError", "fix the YAML syntax"),
 )
 # OSErrors about a path the user handed in (missing file, folder where a file was expected...)

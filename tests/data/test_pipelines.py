@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import prepare as prepare_stage
-from pipelines import synth as synth_stage
-from pipelines.common import load_config
 from tests._params import params_file
 from vireid.config import ConfigError
 from vireid.data.shards import ShardSet
+from vireid.stages import prepare as prepare_stage
+from vireid.stages import synth as synth_stage
+from vireid.stages.entry import load_config
 
 
 def _params(tmp_path: Path, **data: object) -> Path:

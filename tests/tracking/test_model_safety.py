@@ -129,8 +129,8 @@ def test_train_stage_loads_torchvision_weights_weights_only(tmp_path: Path) -> N
     """torchvision's cached ImageNet weights are read with weights_only=False by default; the
     train and tune stages force weights-only loading and the loader asks for it as well, so a
     planted cache file runs nothing."""
-    from pipelines.common import weights_only_torch_load
     from vireid.modeling.backbone import PretrainedWeightsError, load_pretrained_state
+    from vireid.stages.entry import weights_only_torch_load
 
     marker = tmp_path / "marker.txt"
     cache = tmp_path / "hub"

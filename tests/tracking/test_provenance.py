@@ -13,8 +13,6 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipelines import evaluate as evaluate_stage
-from pipelines import register as register_stage
 from tests._params import params_file
 from vireid.config import Config, SyntheticConfig, config_from_dict, config_to_dict, replace
 from vireid.data.prepare import prepare
@@ -22,6 +20,8 @@ from vireid.data.shards import ShardSet
 from vireid.data.synthetic import generate_regdb
 from vireid.evaluation.provenance import ShardMismatchError
 from vireid.evaluation.regdb import TrialMismatchError
+from vireid.stages import evaluate as evaluate_stage
+from vireid.stages import register as register_stage
 from vireid.tracking import TrackingError, run_record, start_pipeline_run
 from vireid.tracking.store import TrackingTarget
 from vireid.training.checkpoint import read_model_file, save_model
@@ -213,7 +213,7 @@ else:  # die when the decision is about to be recorded (the alias has moved)
             os.kill(os.getpid(), signal.SIGKILL)
         return set_tag(self, name, version, key, value)
     MlflowClient.set_model_version_tag = tag
-from pipelines import register
+from vireid.stages import register
 register.main(sys.argv[2:])
 """
 

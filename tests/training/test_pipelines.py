@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import evaluate as evaluate_stage
 from vireid.config import replace
 from vireid.data.shards import ShardSet
 from vireid.evaluation.regdb import TrialMismatchError
+from vireid.stages import evaluate as evaluate_stage
 from vireid.training.checkpoint import CheckpointMismatchError, read_model_file, save_model
 from vireid.training.loop import Trainer
 
@@ -53,7 +53,7 @@ def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_pat
 
 
 def test_summary_prints_the_chance_level_next_to_the_result(tiny_shards, model_file, tmp_path) -> None:
-    from pipelines import summary
+    from vireid.stages import summary
 
     shards, cfg = tiny_shards
     cfg = replace(cfg, eval={"trials": 2, "sysu_modes": ["all"], "sysu_shots": ["single"]})

@@ -82,7 +82,7 @@ def clean_stale_temporaries(*outputs: str | os.PathLike[str]) -> list[Path]:
     ``.<name>.old``: a whole shard set each for ``data/.shards.*.tmp``), logging each."""
     removed = remove_stale_temporaries(*outputs)
     for path in removed:
-        logging.getLogger("pipelines").warning("removed %s, left by an interrupted run", path)
+        logging.getLogger("vireid.stages").warning("removed %s, left by an interrupted run", path)
     return removed
 
 

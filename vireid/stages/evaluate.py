@@ -1,0 +1,199 @@
+"""DVC stage ``evaluate``: the test protocols on the trained model.
+
+Reads ``data`` (which dataset and RegDB trial) and ``eval`` (``eval.max_rank`` is the length of
+the CMC curves, ``eval.stable_argsort`` the tie rule of every ranking). Loads ``outputs/train/model.pt``
+(refusing a model trained for another dataset, image size or RegDB trial), extracts the
+query and gallery features once from the shards, and runs the SYSU-MM01 protocols (every
+``eval.sysu_modes`` x ``eval.sysu_shots``, ``eval.trials`` gallery draws) or both RegDB
+directions. Refuses shards the model's split was not made from (another dataset, RegDB trial
+of the shards' manifest, shard contents, or test identities it trained on). Writes to
+``outputs/eval/``: ``metrics.json`` (percent; DVC metrics; with its ``provenance``: model and
+shard hashes, dataset, data kind, RegDB trial of the shards, protocol; and the chance level
+of the headline protocol, random unit embeddings, 10 draws, as ``chance/<protocol>/<metric>``),
+``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
+one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
+run record exists, the metrics and plots are logged into that run (``track`` says which store
+it must be in: a record of another store, e.g. of the checkout this one was copied from, is
+refused).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vireid.config import Config
+from vireid.data.loader import ShardImageDataset
+from vireid.data.sample import Modality, Sample
+from vireid.data.shards import ShardSet, ShardTable
+from vireid.data.transforms import test_transform
+from vireid.evaluation import regdb as regdb_eval
+from vireid.evaluation import report
+from vireid.evaluation.chance import chance_level
+from vireid.evaluation.extract import extract_features
+from vireid.evaluation.provenance import PROVENANCE_KEY, check_shards_for_model, provenance
+from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
+from vireid.io import atomic_write_json
+from vireid.stages.entry import (
+    clean_stale_temporaries,
+    load_config,
+    setup_logging,
+    stage_parser,
+)
+from vireid.tracking.registry import protocol_key
+from vireid.training.checkpoint import load_model
+
+log = logging.getLogger("vireid.stages.evaluate")
+
+
+def samples_of(table: ShardTable, split: str) -> list[Sample]:
+    """The shard rows as :class:`Sample` records (row order kept)."""
+    return [Sample(str(p), int(i), int(c), Modality.from_code(int(m)), split)
+            for p, i, c, m in zip(table.path, table.identity, table.camera, table.modality, strict=True)]
+
+
+def features(model: torch.nn.Module, table: ShardTable, cfg: Config, device: torch.device) -> np.ndarray:
+    """Float32 [N, d] embeddings of every row of ``table`` (test transform, optional flip)."""
+    dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
+    return extract_features(model, loader, device, cfg.eval.flip)
+
+
+def ranked_list(path: Path, qf: np.ndarray, gf: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray,
+                q_images: Any, g_images: Any, n_queries: int = 6, k: int = 10,
+                stable: bool = False) -> Path:
+    """Top-``k`` gallery images of ``n_queries`` evenly spaced queries (``stable``: ties by index)."""
+    rows = np.unique(np.linspace(0, len(qf) - 1, num=min(n_queries, len(qf))).round().astype(int))
+    dist = -(qf[rows].astype(np.float64) @ gf.astype(np.float64).T)
+    ranked = report.top_k(dist, k=min(k, gf.shape[0]), stable=stable)
+    correct = g_ids[ranked] == q_ids[rows][:, None]
+    titles = [f"query id {q_ids[r]}" for r in rows]
+    return report.plot_ranked_list(path, rows.tolist(), ranked, correct, q_images, g_images, titles)
+
+
+def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
+             device: torch.device) -> dict[str, Any]:
+    """Run the protocols of ``cfg`` and write the outputs; return the ``metrics.json`` object."""
+    dataset = cfg.data.dataset
+    model, meta = load_model(model_path, device, dataset=dataset, image_height=cfg.data.image_height,
+                             image_width=cfg.data.image_width)
+    if dataset == "regdb":  # a model trained on another split trial would see test identities
+        try:
+            regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
+        except regdb_eval.TrialMismatchError as e:
+            raise regdb_eval.TrialMismatchError(f"{model_path}: {e}") from e
+    shards = ShardSet(shards_dir)
+    q_table, g_table = shards.table("query"), shards.table("gallery")
+    manifest_path = Path(shards_dir) / "manifest.json"
+    check_shards_for_model(meta, shards.manifest, manifest_path, model_path=model_path,
+                           test_identities=np.concatenate([q_table.identity, g_table.identity]).tolist())
+    trial = shards.manifest.get("regdb_trial") if dataset == "regdb" else None  # the shards' trial
+    prov = provenance(
+        model_path=model_path, manifest=shards.manifest, manifest_path=manifest_path,
+        protocol=protocol_key(cfg.eval.headline, dataset=dataset, sysu_sampler=cfg.eval.sysu_sampler,
+                              regdb_trial=trial or 1, rerank=cfg.eval.rerank),
+        headline=cfg.eval.headline, sysu_sampler=cfg.eval.sysu_sampler, rerank=cfg.eval.rerank,
+        trials=cfg.eval.trials, flip=cfg.eval.flip)
+    qf = features(model, q_table, cfg, device)
+    gf = features(model, g_table, cfg, device)
+    log.info("extracted %d query and %d gallery features (d=%d)", len(qf), len(gf), qf.shape[1])
+    entries: dict[str, dict[str, Any]] = {}
+    curves: dict[str, np.ndarray] = {}
+    headline_key = cfg.eval.headline.rsplit("/", 1)[0]
+    if dataset == "sysu":
+        query, pool = samples_of(q_table, "query"), samples_of(g_table, "gallery")
+        perms = (load_official_permutations(cfg.eval.official_perm_path)
+                 if cfg.eval.sysu_sampler == "official" else None)
+
+        def run(qf: np.ndarray, gf: np.ndarray, modes: Any = cfg.eval.sysu_modes,
+                shots: Any = cfg.eval.sysu_shots, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
+            return sysu_protocols(query, qf, pool, gf, modes=modes, shots=shots,
+                                  sampler=cfg.eval.sysu_sampler, trials=cfg.eval.trials, perms=perms,
+                                  chunk=cfg.eval.query_chunk, rerank=rerank,
+                                  stable=cfg.eval.stable_argsort, max_rank=cfg.eval.max_rank)
+
+        results = run(qf, gf)
+        mode, shot = cfg.eval.headline.split("/")[1:3]
+
+        def chance_run(q: np.ndarray, g: np.ndarray) -> dict[str, float]:  # the headline protocol only
+            return report.sysu_entry(run(q, g, [mode], [shot], False)[headline_key])["mean"]
+
+        for key, res in results.items():
+            entries[key] = report.sysu_entry(res)
+            curves[key] = report.mean_curve([t.result.cmc for t in res.trials], cfg.eval.max_rank)
+        idx = sample_gallery(pool, mode, shot, 0, cfg.eval.sysu_sampler, perms)
+        ranked_list(out / "ranked_list.png", qf, gf[idx], q_table.identity, g_table.identity[idx],
+                    q_table.image, lambda j: g_table.image(int(idx[j])), stable=cfg.eval.stable_argsort)
+    else:
+
+        def run_regdb(qf: np.ndarray, gf: np.ndarray, rerank: bool = cfg.eval.rerank) -> dict[str, Any]:
+            return regdb_eval.regdb_protocol(qf, q_table.identity, gf, g_table.identity, trial=trial,
+                                             model_trial=meta.get("regdb_trial"),
+                                             chunk=cfg.eval.query_chunk, rerank=rerank,
+                                             stable=cfg.eval.stable_argsort, max_rank=cfg.eval.max_rank)
+
+        res = run_regdb(qf, gf)
+        entries.update(report.regdb_entries(regdb_eval.aggregate_regdb({trial: res})))
+
+        def chance_run(q: np.ndarray, g: np.ndarray) -> dict[str, float]:
+            aggregated = regdb_eval.aggregate_regdb({trial: run_regdb(q, g, False)})
+            return report.regdb_entries(aggregated)[headline_key]["mean"]
+
+        for direction, r in res.items():
+            curves[f"regdb/{direction}"] = report.mean_curve([r.cmc], cfg.eval.max_rank)
+        ranked_list(out / "ranked_list.png", qf, gf, q_table.identity, g_table.identity,
+                    q_table.image, g_table.image, stable=cfg.eval.stable_argsort)
+    if headline_key not in curves:
+        raise ValueError(f"eval.headline: {cfg.eval.headline!r} is not among the protocols run "
+                         f"({', '.join(curves)})")
+    chance = {headline_key: chance_level(chance_run, len(qf), len(gf))}
+    log.info("chance level of %s (random unit embeddings): %s", headline_key,
+             " ".join(f"{k}={v:.2f}" for k, v in chance[headline_key].items()))
+    report.write_cmc_csv(out / "cmc.csv", {"headline": curves[headline_key], **curves})
+    report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta['selected_epoch']})")
+    metrics = report.build_metrics(entries, chance) | {PROVENANCE_KEY: prov}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
+    parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
+    parser.add_argument("--out", default="outputs/eval", help="output directory")
+    parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",
+                        help="the train stage's MLflow run record (metrics are logged there if present)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.params)
+    out = Path(args.out)
+    clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
+    if Path(args.run_file).is_file():
+        from vireid.tracking import (
+            log_metrics_json,
+            log_plots,
+            read_run_record,
+            resolve_target,
+            resumed_run,
+        )
+        from vireid.tracking.runs import check_recorded_run, set_tags
+
+        target = resolve_target(cfg.track, Path.cwd())
+        run_id = check_recorded_run(read_run_record(args.run_file), args.run_file, target, Path.cwd())
+        uri = target.tracking_uri
+        with resumed_run(uri, run_id):
+            log_metrics_json(uri, run_id, {k: v for k, v in metrics.items() if k != PROVENANCE_KEY})
+            set_tags(uri, run_id, {f"eval.{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
+            log_plots(uri, run_id, [out / "cmc.png", out / "ranked_list.png"])
+    headline = metrics.get(cfg.eval.headline)
+    print(f"{cfg.eval.headline} = {headline:.2f} % ({metrics['units']}); metrics in {out / 'metrics.json'}")
+    return metrics
+
