@@ -185,10 +185,15 @@ class TrainConfig:
     cpus_per_worker: int = 1  # CPUs reserved per Ray Train worker
     loader_workers: int = 0  # DataLoader worker processes per training worker
     augment_on_device: bool = False  # AGW augmentation as one batched op on the training device (loader workers only decode)
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    precision: str = "auto"  # fp32 | bf16 (autocast; losses and distances stay float32) | auto: bf16 with use_gpu, else fp32
+    memory_format: str = "auto"  # contiguous | channels_last | auto: channels_last with use_gpu, else contiguous
+    compile: str = "auto"  # none | regions (torch.compile of the stems, trunk and pooling) | auto: regions with use_gpu, else none
+    log_every: int = 10  # steps between reading the losses back from the device (logs, MLflow step metrics, NaN check)
     checkpoint_every: int = 1  # epochs between checkpoints
     validate_every: int = 1  # epochs between held-out validations
-    max_failures: int = 2  # Ray FailureConfig retries of the worker group
+    max_failures: int = 2  # Ray FailureConfig retries of the worker group (and of each Tune trial)
+    ray_address: str = ""  # "": start a local Ray instance; else join this cluster ("auto", "host:6379", "ray://...")
+    storage: str = "ray_results"  # checkpoints and Tune state: a path (relative: to the project) or an s3://, gs:// URI shared by all nodes
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -207,6 +212,12 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.validate_every >= 1, "train.validate_every", "must be >= 1")
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision", "must be auto, fp32 or bf16")
+        _check(self.memory_format in ("auto", "contiguous", "channels_last"), "train.memory_format",
+               "must be auto, contiguous or channels_last")
+        _check(self.compile in ("auto", "none", "regions"), "train.compile", "must be auto, none or regions")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(bool(self.storage.strip()), "train.storage", "must name a folder or a URI")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def test_device_augment_epoch_trains_on_uint8_batches(tiny_shards: tuple[Path, C
 
     trainer.augment = recording
     steps: list[dict[str, float]] = []
-    record = trainer.run_epoch(on_step=lambda i, terms: steps.append(terms))
+    record = trainer.run_epoch(on_log=lambda rows: steps.extend(terms for _, terms in rows))
     assert len(steps) == cfg.train.iters_per_epoch == len(seen)
     assert all(math.isfinite(v) for terms in steps for v in terms.values())
     assert math.isfinite(record["loss"]) and record["epoch"] == 1

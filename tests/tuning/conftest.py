@@ -28,7 +28,7 @@ def tiny_config(root: Path, **tune: object) -> Config:
     plain["train"].update(epochs=3, identities_per_batch=2, instances_per_modality=2, lr=0.05,
                           backbone_lr=0.02, warmup_epochs=0, milestones=[], num_workers=1,
                           cpus_per_worker=1, checkpoint_every=1, validate_every=1, max_failures=0,
-                          iters_per_epoch=3, amp=False)
+                          iters_per_epoch=3)
     plain["tune"].update(num_samples=4, memory_sizes=[1, 2, 4], temperature_min=1.0,
                          temperature_max=8.0, epochs=3, grace_period=1, reduction_factor=2,
                          max_concurrent=1, seed=0)

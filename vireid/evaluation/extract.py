@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from vireid.data.loader import ShardImageDataset
+from vireid.data.shards import ShardTable
+from vireid.data.transforms import test_transform
 
 
 class Embedder(Protocol):
@@ -65,3 +70,32 @@ def extract_features(
     out = np.empty_like(feat)
     out[index] = feat
     return out
+
+
+class _Rows(Dataset[dict[str, Any]]):
+    """Rows ``indices`` of a dataset, with ``index`` renumbered 0..n-1 (extraction order)."""
+
+    def __init__(self, dataset: ShardImageDataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.dataset[self.indices[k]]
+        return {"image": item["image"], "modality": item["modality"], "index": k}
+
+
+def table_features(model: Embedder, table: ShardTable, *, image_size: tuple[int, int],
+                   device: torch.device | str, batch_size: int, flip: bool,
+                   rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """Float32 ``[N, d]`` features of the rows ``rows`` of ``table`` (all rows when None), in
+    that order: the test transform at ``image_size`` (H, W), then :func:`extract_features`.
+
+    The one extraction path of evaluation (the evaluate stage) and validation (the trainer).
+    """
+    dataset = ShardImageDataset(table, test_transform(*image_size))
+    items: Dataset[dict[str, Any]] = dataset if rows is None else _Rows(dataset, rows)
+    loader = DataLoader(items, batch_size=batch_size, shuffle=False,
+                        pin_memory=torch.device(device).type == "cuda")
+    return extract_features(model, loader, device, flip)

@@ -13,7 +13,7 @@ from vireid.modeling.export import (
 from vireid.modeling.fusion import fuse_pairs, self_owned_attention
 from vireid.modeling.memory import MultiViewMemory
 from vireid.modeling.model import BNNeck, GeM, VIReIDModel
-from vireid.modeling.task import ReIDTask, TaskState, all_gather_rows, check_batch_layout
+from vireid.modeling.task import ReIDTask, TaskState, check_batch_layout
 
 __all__ = [
     "BNNeck",
@@ -26,7 +26,6 @@ __all__ = [
     "TaskState",
     "TwoStreamResNet",
     "VIReIDModel",
-    "all_gather_rows",
     "check_batch_layout",
     "export_program",
     "fuse_pairs",

@@ -48,6 +48,24 @@ def pairwise_distances(x: Tensor) -> Tensor:
         return d2.clamp(min=1e-12).sqrt()
 
 
+def _anchor_masks(labels: Tensor, modalities: Tensor, pairs: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Partner masks ``pos, neg [N,N]`` and ``ok [N]``: anchors with a positive and a negative.
+
+    The rows of anchors without both partners are opened to every sample, so that their
+    (discarded, see :func:`_mean_over`) values stay finite: no NaN reaches the gradient, and
+    no data-dependent selection syncs the device with the host.
+    """
+    pos, neg = _partner_masks(labels, modalities, pairs)
+    ok = pos.any(1) & neg.any(1)  # [N]
+    return pos | ~ok[:, None], neg | ~ok[:, None], ok
+
+
+def _mean_over(values: Tensor, ok: Tensor) -> Tensor:
+    """Mean of ``values [N]`` over the anchors ``ok [N]`` (0 with gradient 0 when there is none)."""
+    w = ok.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp(min=1.0)
+
+
 def hard_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor, margin: float = 0.3,
                       pairs: str = "all") -> Tensor:
     """Batch-hard triplet: mean over anchors of ``relu(max_p d(a,p) - min_n d(a,n) + margin)``.
@@ -55,14 +73,10 @@ def hard_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor, marg
     features [N,d]; anchors without a positive and a negative partner are skipped.
     """
     dist = pairwise_distances(features)  # [N,N]
-    pos, neg = _partner_masks(labels, modalities, pairs)
-    ok = pos.any(1) & neg.any(1)  # [N]
-    if not bool(ok.any()):
-        return dist.sum() * 0.0
-    dist, pos, neg = dist[ok], pos[ok], neg[ok]  # [A,N] anchors with both partners
-    hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)  # [A]
-    hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)  # [A]
-    return F.relu(hardest_pos - hardest_neg + margin).mean()
+    pos, neg, ok = _anchor_masks(labels, modalities, pairs)
+    hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(1)  # [N]
+    hardest_neg = dist.masked_fill(~neg, float("inf")).amin(1)  # [N]
+    return _mean_over(F.relu(hardest_pos - hardest_neg + margin), ok)
 
 
 def weighted_regularised_triplet_loss(features: Tensor, labels: Tensor, modalities: Tensor,
@@ -73,16 +87,12 @@ def weighted_regularised_triplet_loss(features: Tensor, labels: Tensor, modaliti
     With ``pairs="all"`` this is AGW's ``TripletLoss_WRT`` on the whole batch.
     """
     dist = pairwise_distances(features)  # [N,N]
-    pos, neg = _partner_masks(labels, modalities, pairs)
-    ok = pos.any(1) & neg.any(1)  # [N]
-    if not bool(ok.any()):
-        return dist.sum() * 0.0
-    dist, pos, neg = dist[ok], pos[ok], neg[ok]  # [A,N] anchors with both partners
-    w_pos = torch.softmax(dist.masked_fill(~pos, float("-inf")), dim=1)  # [A,N]
-    w_neg = torch.softmax((-dist).masked_fill(~neg, float("-inf")), dim=1)  # [A,N]
-    d_pos = (w_pos * dist).sum(1)  # [A]
-    d_neg = (w_neg * dist).sum(1)  # [A]
-    return F.softplus(d_pos - d_neg).mean()
+    pos, neg, ok = _anchor_masks(labels, modalities, pairs)
+    w_pos = torch.softmax(dist.masked_fill(~pos, float("-inf")), dim=1)  # [N,N]
+    w_neg = torch.softmax((-dist).masked_fill(~neg, float("-inf")), dim=1)  # [N,N]
+    d_pos = (w_pos * dist).sum(1)  # [N]
+    d_neg = (w_neg * dist).sum(1)  # [N]
+    return _mean_over(F.softplus(d_pos - d_neg), ok)
 
 
 def triplet_loss(kind: str, features: Tensor, labels: Tensor, modalities: Tensor, margin: float,

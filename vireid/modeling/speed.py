@@ -14,9 +14,9 @@ import torch
 from vireid.modeling.model import VIReIDModel
 
 
-def compile_for_speed(model: VIReIDModel, *, channels_last: bool = True,
+def compile_for_speed(model: VIReIDModel, *, channels_last: bool = True, compile_regions: bool = True,
                       mode: str | None = None, backend: str = "inductor") -> VIReIDModel:
-    """Convert ``model`` in place to channels_last and compile its static regions.
+    """Convert ``model`` in place to channels_last and/or compile its static regions.
 
     ``mode``: a ``torch.compile`` mode (``None``: default; ``"reduce-overhead"`` adds CUDA
     graphs, which pays off when the step is bound by kernel launches). Parameters and
@@ -26,6 +26,8 @@ def compile_for_speed(model: VIReIDModel, *, channels_last: bool = True,
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if not compile_regions:
+        return model
     bb = model.backbone
     for stem in bb.stems:
         stem.compile(dynamic=False, mode=mode, backend=backend)  # in place: state_dict keys stay as they are

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vireid.config import LossConfig
+from vireid.distributed import all_gather_rows, is_distributed
 from vireid.modeling import losses as L
 from vireid.modeling.fusion import fuse_pairs
 from vireid.modeling.model import VIReIDModel
@@ -126,7 +126,7 @@ class ReIDTask(nn.Module):
             return
         order = interleave_modalities(state.labels.shape[0], state.labels.device)  # [B]
         features, labels = state.features[order], state.labels[order]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if is_distributed():
             features, labels = all_gather_rows(features.float()), all_gather_rows(labels)
         memory.write(features, labels)
 
@@ -146,18 +146,3 @@ def _true_class_confidence(logits: Tensor, labels: Tensor, present: Tensor | Non
         return q.mean()
     p = present.to(q.dtype)
     return (q * p).sum() / p.sum().clamp(min=1.0)
-
-
-def all_gather_rows(x: Tensor) -> Tensor:
-    """Concatenate ``x [N_r,...]`` of every rank in rank order (N_r may differ per rank)."""
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
-    top = max(counts)
-    padded = x.new_zeros((top, *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])

@@ -24,14 +24,14 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from vireid.config import Config, config_to_dict
@@ -39,10 +39,12 @@ from vireid.data.batch_augment import BatchAugment
 from vireid.data.loader import ShardImageDataset
 from vireid.data.sampler import IdentityBalancedSampler
 from vireid.data.shards import ShardSet, ShardTable
-from vireid.data.transforms import test_transform, train_transform
-from vireid.evaluation.extract import extract_features
+from vireid.data.transforms import train_transform
+from vireid.distributed import all_reduce_mean, average_batchnorm_stats, is_distributed, world_size
+from vireid.evaluation.extract import table_features
 from vireid.evaluation.metrics import evaluate_features
 from vireid.modeling import ReIDTask, VIReIDModel
+from vireid.modeling.speed import compile_for_speed
 from vireid.training.checkpoint import (
     CheckpointMismatchError,
     cpu_state_dict,
@@ -52,6 +54,7 @@ from vireid.training.checkpoint import (
     save_train_state,
     selected_from_state,
 )
+from vireid.training.runtime import StepRuntime, resolve_runtime
 from vireid.training.schedule import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,9 @@ VAL_PROTOCOL = (
     "fractions in [0, 1]"
 )
 # config keys that do not change what is trained (excluded from the run fingerprint)
-_RUNTIME_KEYS = ("max_failures", "checkpoint_every", "loader_workers", "cpus_per_worker")
+# (memory_format and compile: the same arithmetic in another layout / as generated kernels)
+_RUNTIME_KEYS = ("max_failures", "checkpoint_every", "loader_workers", "cpus_per_worker", "log_every",
+                 "memory_format", "compile", "ray_address", "storage")
 # the data keys training reads (the data itself enters the fingerprint as the shards' hash)
 _DATA_KEYS = ("dataset", "regdb_trial", "image_height", "image_width")
 # validation feature extraction: fixed, so that training does not depend on the eval section
@@ -71,7 +76,11 @@ VAL_BATCH_SIZE = 128
 VAL_FLIP = False
 VAL_QUERY_CHUNK = 1024
 
-StepCallback = Callable[[int, dict[str, float]], None]
+# called after every step with its 0-based index (no values: reading them would sync the device)
+StepCallback = Callable[[int], None]
+# called every train.log_every steps (and at the epoch's end) with that window's steps:
+# [(0-based step, {term: value})], the values read back from the device in one transfer
+LogCallback = Callable[[list[tuple[int, dict[str, float]]]], None]
 # a batch augmentation on the training device: uint8 [B,3,H,W] -> float [B,3,H,W]
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -148,7 +157,7 @@ def build_train_loader(table: ShardTable, cfg: Config, rank: int = 0,
                                                                  cfg.data.image_width)
     dataset = ShardImageDataset(table, transform)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=t.loader_workers,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=t.use_gpu)
     return loader, sampler
 
 
@@ -159,38 +168,20 @@ def device_augment(cfg: Config) -> BatchTransform | None:
     return BatchAugment(size=(cfg.data.image_height, cfg.data.image_width))
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def device_batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``(image, label, modality)`` of each batch on ``device``, one batch ahead: the copy of
+    batch i+1 is issued (non-blocking, from pinned memory on CUDA) before batch i is used."""
+    def move(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(batch[k].to(device, non_blocking=True) for k in ("image", "label", "modality"))
 
-
-def allreduce_gradients(model: nn.Module) -> None:
-    """Average the gradients of every trainable parameter across ranks (one flat all-reduce).
-
-    A parameter without a gradient on this rank contributes zeros, so every rank steps the
-    same parameters and the replicas stay identical.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        offset += n
-
-
-def average_batchnorm_stats(model: nn.Module) -> None:
-    """Average BatchNorm running statistics across ranks (ranks saw different batches)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            for buf in (m.running_mean, m.running_var):
-                if buf is not None:
-                    dist.all_reduce(buf)
-                    buf /= dist.get_world_size()
+    it = iter(loader)
+    ahead = next(it, None)
+    nxt = None if ahead is None else move(ahead)
+    while nxt is not None:
+        current = nxt
+        ahead = next(it, None)
+        nxt = None if ahead is None else move(ahead)
+        yield current
 
 
 def train_one_epoch(
@@ -200,91 +191,92 @@ def train_one_epoch(
     *,
     epoch: int,
     device: torch.device,
-    amp: bool,
+    runtime: StepRuntime,
+    forward: nn.Module | None = None,
     on_step: StepCallback | None = None,
+    on_log: LogCallback | None = None,
     log_every: int = 10,
     augment: BatchTransform | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``: losses -> sum -> backward -> (all-reduce) -> step -> memory.
+    """One pass over ``loader``: losses -> weighted sum -> backward -> step -> memory write.
 
-    ``augment``: applied to each image batch once it is on ``device`` (the loader then
-    yields uint8 batches, see :func:`device_augment`); None: the loader's images as they are.
-    bf16 autocast is used only when ``amp`` and ``device`` is a GPU. ``on_step(i, terms)``
-    gets each step's loss terms (floats, incl. ``loss``, the ``loss.weights``-weighted total).
-    Returns the epoch means of every term, ``loss`` and the task's diagnostics (``kdw_*``
-    distillation weights, ``conf_*`` true-class confidences) (averaged over ranks when distributed), ``steps``, ``images`` (all
+    ``forward``: the module the batch goes through (the task wrapped in
+    DistributedDataParallel when data-parallel, whose gradient all-reduce overlaps the
+    backward pass); default ``task``. ``runtime``: autocast and memory format
+    (:mod:`vireid.training.runtime`). ``augment``: applied to each image batch on ``device``
+    (the loader then yields uint8 batches, see :func:`device_augment`).
+
+    No step reads a value back to the host: the loss terms and diagnostics stay on the
+    device and are read every ``log_every`` steps (and at the end), when a non-finite loss
+    of that window raises :class:`FloatingPointError` naming its step. ``on_step(i)`` runs
+    after every step, ``on_log(rows)`` after every read-back. Returns the epoch means of
+    every term, ``loss`` (the ``loss.weights``-weighted total) and the task's diagnostics
+    (``kdw_*``, ``conf_*``; averaged over ranks when distributed), ``steps``, ``images`` (all
     ranks), ``seconds`` and ``images_per_s``.
     """
     task.train()
-    use_amp = amp and device.type == "cuda"
-    world = dist.get_world_size() if _distributed() else 1
-    sums: dict[str, float] = {}
+    forward = task if forward is None else forward
+    world = world_size()
+    names: list[str] = []  # the order of the values in each step's row
+    window: list[torch.Tensor] = []  # rows [V] of the steps not yet read back
+    total: torch.Tensor | None = None  # float64 [V] sums over the epoch (host)
     steps = images = 0
     t0 = time.perf_counter()
-    for i, batch in enumerate(loader):
-        x = batch["image"].to(device, non_blocking=True)
+
+    def read_back(last_step: int) -> None:
+        nonlocal total
+        rows = torch.stack(window).double().cpu()  # [W,V]: the one host transfer of the window
+        first = last_step - len(window) + 1
+        window.clear()
+        finite = torch.isfinite(rows[:, names.index("loss")])
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            terms = dict(zip(names, rows[bad].tolist(), strict=True))
+            raise FloatingPointError(f"epoch {epoch + 1} step {first + bad}: non-finite loss {terms}")
+        total = rows.sum(0) if total is None else total + rows.sum(0)
+        logged = [(first + j, dict(zip(names, r.tolist(), strict=True))) for j, r in enumerate(rows)]
+        if on_log is not None:
+            on_log(logged)
+        rate = images / max(time.perf_counter() - t0, 1e-9)
+        log.info("epoch %d step %d/%d: %s (%.1f images/s)", epoch + 1, last_step + 1, len(loader),
+                 " ".join(f"{k}={v:.4f}" for k, v in logged[-1][1].items() if not k.startswith(("kdw_", "conf_"))),
+                 rate)
+
+    i = -1
+    for i, (x, y, m) in enumerate(device_batches(loader, device)):
         if augment is not None:
             x = augment(x)  # uint8 [B,3,H,W] -> float [B,3,H,W], on the device
-        y = batch["label"].to(device, non_blocking=True).long()
-        m = batch["modality"].to(device, non_blocking=True).long()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            losses, state = task(x, y, m)
-        loss = task.total(losses)  # weighted by loss.weights
-        if not torch.isfinite(loss):
-            terms = {k: float(v) for k, v in losses.items()}
-            raise FloatingPointError(f"epoch {epoch + 1} step {i}: non-finite loss {terms}")
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y, m = y.long(), m.long()
+        with runtime.autocast():
+            losses, state = forward(x, y, m)
+        loss = task.total(losses)  # float32, weighted by loss.weights
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if world > 1:
-            allreduce_gradients(task.model)
         optimizer.step()
         task.after_step(state)
-        terms = {k: float(v.detach()) for k, v in losses.items()}
-        terms["loss"] = float(loss.detach())
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v
-        for k, v in state.diagnostics.items():  # kdw_*, conf_*: epoch means, not in on_step
-            sums[k] = sums.get(k, 0.0) + float(v)
+        values = {**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach(), **state.diagnostics}
+        if not names:
+            names = list(values)
+        window.append(torch.stack([values[k].float() for k in names]))  # [V], on the device
         steps += 1
         images += x.shape[0] * world
         if on_step is not None:
-            on_step(i, terms)
-        if log_every and (i + 1) % log_every == 0:
-            rate = images / max(time.perf_counter() - t0, 1e-9)
-            log.info("epoch %d step %d/%d: %s (%.1f images/s)", epoch + 1, i + 1, len(loader),
-                     " ".join(f"{k}={v:.4f}" for k, v in terms.items()), rate)
+            on_step(i)
+        if len(window) >= log_every:
+            read_back(i)
     if steps == 0:
         raise ValueError(f"epoch {epoch + 1}: the sampler produced no batches")
-    names = sorted(sums)
-    means = torch.tensor([sums[k] / steps for k in names], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(means)
-        means /= world
+    if window:
+        read_back(i)
+    assert total is not None
+    means = all_reduce_mean((total / steps).to(device)).cpu()
     seconds = time.perf_counter() - t0
     out = {k: float(v) for k, v in zip(names, means.tolist(), strict=True)}
     out.update(steps=float(steps), images=float(images), seconds=seconds,
                images_per_s=images / max(seconds, 1e-9))
     return out
-
-
-class _Rows(torch.utils.data.Dataset[dict[str, Any]]):
-    """Rows ``indices`` of a dataset, with ``index`` renumbered 0..n-1 (extraction order)."""
-
-    def __init__(self, dataset: ShardImageDataset, indices: np.ndarray) -> None:
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        item = self.dataset[self.indices[k]]
-        return {"image": item["image"], "modality": item["modality"], "index": k}
-
-
-def _eval_batches(table: ShardTable, cfg: Config, indices: np.ndarray) -> DataLoader:
-    """Test-transformed batches of the rows ``indices`` of ``table``."""
-    dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
-    return DataLoader(_Rows(dataset, indices), batch_size=VAL_BATCH_SIZE, shuffle=False)
 
 
 def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.device) -> dict[str, float]:
@@ -296,8 +288,9 @@ def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.d
     ir = np.flatnonzero(table.modality == 1)
     if len(vis) == 0 or len(ir) == 0:
         raise ValueError("validation split needs visible and infrared images")
-    f_vis = extract_features(model, _eval_batches(table, cfg, vis), device, VAL_FLIP)
-    f_ir = extract_features(model, _eval_batches(table, cfg, ir), device, VAL_FLIP)
+    size = (cfg.data.image_height, cfg.data.image_width)
+    f_vis, f_ir = (table_features(model, table, image_size=size, device=device, batch_size=VAL_BATCH_SIZE,
+                                  flip=VAL_FLIP, rows=rows) for rows in (vis, ir))
     ids, cams = table.identity, table.camera
     out: dict[str, float] = {}
     for prefix, (qf, qi, gf, gi) in {"val": (f_ir, ir, f_vis, vis),
@@ -343,8 +336,20 @@ class Trainer:
         self.val_table: ShardTable | None = None
         if "val" in self.shards.split_names and len(self.shards.table("val")) > 0:
             self.val_table = self.shards.table("val")
+        self.runtime = resolve_runtime(cfg.train, self.device)
         self.model = build_model(cfg, self.num_classes).to(self.device)
+        if self.runtime.channels_last or self.runtime.compile_regions:
+            compile_for_speed(self.model, channels_last=self.runtime.channels_last,
+                              compile_regions=self.runtime.compile_regions)
         self.task = ReIDTask(self.model, cfg.loss)
+        # data-parallel: DDP averages the gradients during backward; buffers are not
+        # broadcast (the memory is written with every rank's features, BatchNorm statistics
+        # are averaged after each epoch)
+        self.forward: nn.Module = self.task
+        if is_distributed():
+            self.forward = DistributedDataParallel(
+                self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.loader, self.sampler = build_train_loader(self.train_table, cfg, rank, world_size)
@@ -397,17 +402,19 @@ class Trainer:
 
     # -- epochs -------------------------------------------------------------------------
 
-    def run_epoch(self, on_step: StepCallback | None = None) -> dict[str, Any]:
-        """Train epoch ``self.epoch + 1`` (and validate it when due); return its record."""
+    def run_epoch(self, on_step: StepCallback | None = None, on_log: LogCallback | None = None) -> dict[str, Any]:
+        """Train epoch ``self.epoch + 1`` (and validate it when due); return its record.
+
+        ``on_step``/``on_log``: see :func:`train_one_epoch`."""
         e = self.epoch  # 0-based index of the epoch to run
         seed_everything(epoch_seed(self.cfg.train.seed, e, self.rank))
         self.sampler.set_epoch(e)
         lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
         stats = train_one_epoch(self.task, self.loader, self.optimizer, epoch=e, device=self.device,
-                                amp=self.cfg.train.amp, on_step=on_step, augment=self.augment)
+                                runtime=self.runtime, forward=self.forward, on_step=on_step,
+                                on_log=on_log, log_every=self.cfg.train.log_every, augment=self.augment)
         self.scheduler.step()
-        if _distributed():
-            average_batchnorm_stats(self.model)
+        average_batchnorm_stats(self.model)
         self.epoch = e + 1
         record: dict[str, Any] = {"epoch": self.epoch, "attempt": self.attempt,
                                   **{f"lr_{k}": v for k, v in lrs.items()}, **stats}

@@ -117,13 +117,13 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
         epoch = trainer.epoch + 1
         hook = _fault_hook(fault, rank, epoch)
 
-        def on_step(i: int, terms: dict[str, float], epoch: int = epoch,
-                    hook: Callable[[int], None] = hook) -> None:
-            hook(i)
-            if steps is not None:  # every loss term of every step, batched
-                steps.log({f"step/{k}": v for k, v in terms.items()}, (epoch - 1) * steps_per_epoch + i)
+        def on_log(rows: list[tuple[int, dict[str, float]]], epoch: int = epoch) -> None:
+            if steps is not None:  # every loss term of every step, read back once per window
+                for i, terms in rows:
+                    steps.log({f"step/{k}": v for k, v in terms.items() if not k.startswith(("kdw_", "conf_"))},
+                              (epoch - 1) * steps_per_epoch + i)
 
-        record = trainer.run_epoch(on_step=on_step)
+        record = trainer.run_epoch(on_step=hook, on_log=on_log)
         if steps is not None:
             steps.flush()
         metrics = reported_metrics(record)
