@@ -183,7 +183,7 @@ def test_empty_params_file_and_missing_section_through_the_cli(tmp_path: Path) -
 
 
 def test_interrupted_tune_search_is_one_line(capsys: pytest.CaptureFixture) -> None:
-    from vireid.tuning.search import SearchIncomplete
+    from vireid.tuning.run import SearchIncomplete
 
     def tune(_: list[str]) -> None:
         raise SearchIncomplete("Tune experiment ray_results/tune/tune-ab: 3 of 6 trials finished "

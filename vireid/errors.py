@@ -33,7 +33,7 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.modeling.backbone", "PretrainedWeightsError", "see model.weights_path"),
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
     ("vireid.search", "SearchError", "check the paths given"),
-    ("vireid.tuning.search", "SearchIncomplete", "finished trials are kept"),
+    ("vireid.tuning.run", "SearchIncomplete", "finished trials are kept"),
     ("yaml", "YAMLError", "fix the YAML syntax"),
 )
 # OSErrors about a path the user handed in (missing file, folder where a file was expected...)

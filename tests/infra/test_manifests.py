@@ -152,10 +152,10 @@ def test_rayjob_entrypoint_runs_the_pipeline_within_the_gpus_it_asks_for() -> No
     for key in sets:
         section, name = key.split(".")
         assert name in params[section], key
-    env = yaml.safe_load(job["runtimeEnvYAML"])["env_vars"]
     volumes = {m["mountPath"] for m in job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
                ["containers"][0]["volumeMounts"]}
-    assert env["VIREID_RAY_STORAGE"] in volumes  # Ray storage on the shared volume
+    assert sets["train.storage"] in volumes  # Ray storage on the shared volume
+    assert sets["train.ray_address"] == "auto"  # every stage joins the job's cluster
     # the command is a well-formed shell line
     shlex.split(entry)
 

@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.training.conftest import tiny_config
 from vireid.config import Config, ConfigError
 from vireid.modeling.task import interleave_modalities
 from vireid.training.loop import Trainer, build_train_loader, epoch_seed, seed_everything

@@ -14,15 +14,9 @@ import yaml
 
 from vireid.config import Config, replace
 from vireid.tracking.store import TrackingTarget, client
-from vireid.tuning.search import (
-    PARENT_TAG,
-    TAG_EXPERIMENT,
-    TAG_ROLE,
-    TAG_TRIAL,
-    SearchIncomplete,
-    run_search,
-    rung_epochs,
-)
+from vireid.tuning.run import SearchIncomplete, run_search
+from vireid.tuning.space import rung_epochs
+from vireid.tuning.tracking import PARENT_TAG, TAG_EXPERIMENT, TAG_ROLE, TAG_TRIAL
 
 # xdist_group: under `make test` (pytest -n 2 --dist loadgroup) the modules that start Ray run
 # one after another on one worker: never two Ray instances at once, the other core runs the rest.

@@ -9,13 +9,12 @@ from ray.tune.search.sample import Categorical, Float
 
 from tests.tuning.conftest import tiny_config
 from vireid.config import ConfigError
-from vireid.tuning.search import (
-    best_params,
+from vireid.tuning.results import best_params, summarize_search
+from vireid.tuning.space import (
     cpus_needed,
     experiment_name,
     rung_epochs,
     search_space,
-    summarize,
     trial_config,
 )
 
@@ -67,7 +66,7 @@ def test_summary_counts_and_picks_the_best_survivor(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)  # max_t 3
     trials = [_trial("a", 1, 2.0, [0.1, 0.2, 0.3]), _trial("b", 2, 4.0, [0.5]),  # b: stopped early
               _trial("c", 4, 1.5, [0.2, 0.35, 0.31]), _trial("d", 2, 7.0, [0.1, 0.12])]
-    s = summarize(cfg, trials, name="x", experiment_path="/x")
+    s = summarize_search(cfg, trials, name="x", experiment_path="/x")
     assert s["num_trials"] == 4 and s["num_early_stopped"] == 2 and s["num_completed"] == 2
     assert s["trial_epochs_used"] == 3 + 1 + 3 + 2 and s["trial_epochs_full"] == 12
     assert s["trial_epochs_saved"] == 12 - 9
@@ -79,7 +78,7 @@ def test_summary_counts_and_picks_the_best_survivor(tmp_path: Path) -> None:
 
 
 def test_summary_without_any_metric_has_no_best(tmp_path: Path) -> None:
-    s = summarize(tiny_config(tmp_path), [_trial("a", 1, 2.0, [], error="boom")], name="x",
+    s = summarize_search(tiny_config(tmp_path), [_trial("a", 1, 2.0, [], error="boom")], name="x",
                   experiment_path="/x")
     assert s["best"] is None and s["num_errored"] == 1
     with pytest.raises(RuntimeError, match="no trial reported"):

@@ -25,17 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from vireid.config import Config
-from vireid.data.loader import ShardImageDataset
 from vireid.data.sample import Modality, Sample
 from vireid.data.shards import ShardSet, ShardTable
-from vireid.data.transforms import test_transform
 from vireid.evaluation import regdb as regdb_eval
 from vireid.evaluation import report
 from vireid.evaluation.chance import chance_level
-from vireid.evaluation.extract import extract_features
+from vireid.evaluation.extract import table_features
 from vireid.evaluation.provenance import PROVENANCE_KEY, check_shards_for_model, provenance
 from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
 from vireid.io import atomic_write_json
@@ -58,10 +55,9 @@ def samples_of(table: ShardTable, split: str) -> list[Sample]:
 
 
 def features(model: torch.nn.Module, table: ShardTable, cfg: Config, device: torch.device) -> np.ndarray:
-    """Float32 [N, d] embeddings of every row of ``table`` (test transform, optional flip)."""
-    dataset = ShardImageDataset(table, test_transform(cfg.data.image_height, cfg.data.image_width))
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False)
-    return extract_features(model, loader, device, cfg.eval.flip)
+    """Float32 [N, d] embeddings of every row of ``table`` (test transform, ``eval.flip``)."""
+    return table_features(model, table, image_size=(cfg.data.image_height, cfg.data.image_width),
+                          device=device, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip)
 
 
 def ranked_list(path: Path, qf: np.ndarray, gf: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray,

@@ -3,9 +3,12 @@
 Reads ``data``, ``model``, ``loss``, ``train`` and ``track`` (where the MLflow run goes).
 Writes ``outputs/train/model.pt`` (selected weights + metadata), ``train_summary.json``,
 ``history.csv`` and ``mlflow_run.json`` (the pipeline's MLflow run, which the later stages
-log into). Ray Train keeps its checkpoints under ``ray_results/train/<run name>`` (outside
-the DVC outputs): rerunning the stage after an interruption continues from the last
-checkpoint; changed parameters or data give another run name and start afresh.
+log into). Ray Train keeps its checkpoints under ``<train.storage>/train/<run name>`` (default
+``ray_results/train``, outside the DVC outputs; an ``s3://`` URI on a cluster): rerunning the
+stage after an interruption continues from the last checkpoint; changed parameters or data
+give another run name and start afresh. ``train.ray_address`` says which Ray: empty, a new
+local instance; else the cluster to join. On a cluster of several nodes the MLflow store
+must be a server every node reaches (``track.tracking_uri: http://...``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from vireid.config import config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.io import atomic_write_json
 from vireid.modeling.backbone import load_pretrained_state
+from vireid.ray_session import storage_location
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -48,8 +52,6 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/train", help="output directory")
-    parser.add_argument("--storage", default="ray_results/train",
-                        help="Ray Train storage (checkpoints; kept between runs for resuming)")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
@@ -67,7 +69,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         protocol="", run_name="pipeline")
     log.info("MLflow run %s in %s", run_id, target.tracking_uri)
     try:
-        summary = fit(cfg, Path(args.shards), Path(args.out), Path(args.storage).resolve(),
+        summary = fit(cfg, Path(args.shards), Path(args.out), storage_location(cfg.train.storage, repo, "train"),
                       tracking={"tracking_uri": target.tracking_uri, "run_id": run_id})
         for record in summary["history"]:  # per-epoch means and validation, step = epoch
             log_metrics(target.tracking_uri, run_id,

@@ -5,21 +5,21 @@ train stage's Ray Train run with S, T and ``tune.epochs`` replaced) and ``track`
 a parent run, one child run per trial). Writes ``outputs/tune/best_params.yaml``
 (``{model: {memory_size: S}, loss: {temperature: T}}``), ``summary.json`` and ``tune.png``.
 
-The Tune experiment lives under ``--storage`` (default ``$VIREID_RAY_STORAGE`` or
-``ray_results/tune``), outside the DVC outputs, and is named after the search's inputs:
-rerunning an interrupted stage resumes it (finished trials are not run again); changed
-parameters or data start a fresh one. With ``RAY_ADDRESS`` set (a Ray job on a cluster)
-the stage joins that cluster; otherwise it starts a local Ray with the CPUs that
-``tune.max_concurrent`` trials need.
+The Tune experiment lives under ``<train.storage>/tune`` (default ``ray_results/tune``,
+outside the DVC outputs; an ``s3://`` URI on a cluster) and is named after the search's
+inputs: rerunning an interrupted stage resumes it (finished trials are not run again);
+changed parameters or data start a fresh one. With ``train.ray_address`` set the stage joins
+that cluster; otherwise it starts a local Ray with the CPUs that ``tune.max_concurrent``
+trials need.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from vireid.ray_session import storage_location
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -43,21 +43,13 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/tune", help="output directory")
-    parser.add_argument("--storage", default=os.environ.get("VIREID_RAY_STORAGE") or "ray_results/tune",
-                        help="Tune + Ray Train state, kept between runs for resuming; shared by "
-                             "all nodes on a cluster (default $VIREID_RAY_STORAGE or ray_results/tune)")
     parser.add_argument("--driver-cpus", type=float, default=1.0,
                         help="CPUs each trial's driver (the Tune function trainable) reserves")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
     clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
-    if os.environ.get("RAY_ADDRESS"):
-        import ray
-
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        log.info("joined the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    storage = storage_location(cfg.train.storage, Path.cwd(), "tune")
     summary = run_search(cfg, Path(args.shards), storage, Path(args.out),
                          tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus)
     best = summary["best"]

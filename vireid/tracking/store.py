@@ -69,6 +69,12 @@ def resolve_target(track: TrackConfig, repo_root: str | os.PathLike[str]) -> Tra
     return TrackingTarget(uri, track.artifact_location or None, track.experiment)
 
 
+def is_server_uri(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` names a tracking server (reachable from other machines), not
+    a store in this machine's files (sqlite, a folder)."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
 def prepare_store(tracking_uri: str) -> None:
     """Create the folder of a ``sqlite:///`` database file (sqlite does not)."""
     prefix = "sqlite:///"

@@ -463,7 +463,7 @@ class Trainer:
         return save_model(path, weights, meta)
 
 
-def summarize(history: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+def training_summary(history: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train_summary.json`` content from a run's history and its model metadata."""
     total_s = sum(float(r.get("seconds", 0.0)) + float(r.get("val_seconds", 0.0)) for r in history)
     images = sum(float(r.get("images", 0.0)) for r in history)

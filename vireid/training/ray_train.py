@@ -35,8 +35,10 @@ from ray.train.torch import TorchTrainer
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.io import atomic_write_json, atomic_write_text
+from vireid.ray_session import alive_nodes, ray_session, storage_location
+from vireid.tracking.store import TrackingError, is_server_uri
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
-from vireid.training.loop import Trainer, run_fingerprint, summarize
+from vireid.training.loop import Trainer, run_fingerprint, training_summary
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
 def build_trainer(
     cfg: Config,
     shards_dir: Path,
-    storage_path: Path,
+    storage_path: str | Path,
     name: str,
     *,
     callbacks: Sequence[ray.train.UserCallback] = (),
@@ -157,7 +159,8 @@ def build_trainer(
 ) -> TorchTrainer:
     """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
 
-    ``storage_path`` is made absolute (Ray requires it). ``fault`` and ``tracking``: see
+    ``storage_path``: a local folder (made absolute: Ray requires it) or a URI
+    (:func:`vireid.ray_session.storage_location`). ``fault`` and ``tracking``: see
     :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept.
     """
     t = cfg.train
@@ -173,7 +176,7 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=storage_location(str(storage_path), Path.cwd()),
             name=name,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
@@ -204,7 +207,7 @@ def fit(
     cfg: Config,
     shards_dir: Path,
     out_dir: Path,
-    storage_path: Path,
+    storage_path: str | Path,
     *,
     name: str | None = None,
     callbacks: Sequence[ray.train.UserCallback] = (),
@@ -214,28 +217,26 @@ def fit(
 ) -> dict[str, Any]:
     """Train with Ray Train and export the result; return the training summary.
 
-    Starts a local Ray (``num_workers * cpus_per_worker`` CPUs, no dashboard) unless one is
-    running, and shuts down what it started. Writes atomically to ``out_dir``:
+    Runs on the Ray of ``train.ray_address`` (:func:`vireid.ray_session.ray_session`: a new
+    local instance of ``num_workers * cpus_per_worker`` CPUs when empty) unless Ray is
+    already initialised; checkpoints go to ``storage_path/name`` (a folder or a URI). Writes atomically to ``out_dir``:
     ``model.pt`` (selected weights + metadata), ``train_summary.json`` and ``history.csv``.
     ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
     """
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
     name = name or run_name(cfg, shards_dir)
-    started = False
-    if not ray.is_initialized():
-        t = cfg.train
-        ray.init(num_cpus=t.num_workers * t.cpus_per_worker, num_gpus=t.num_workers if t.use_gpu else 0,
-                 include_dashboard=False, log_to_driver=True,
-                 object_store_memory=object_store_mb * 1024 * 1024)
-        started = True
-    try:
+    t = cfg.train
+    with ray_session(t.ray_address, num_cpus=t.num_workers * t.cpus_per_worker,
+                     num_gpus=t.num_workers if t.use_gpu else 0, object_store_mb=object_store_mb):
+        if tracking and alive_nodes() > 1 and not is_server_uri(str(tracking["tracking_uri"])):
+            raise TrackingError(
+                f"track.tracking_uri: {tracking['tracking_uri']} is a store on this machine, but the Ray "
+                f"cluster of train.ray_address has {alive_nodes()} nodes whose workers log to it; use an "
+                "MLflow server every node reaches (http://...; infra/README.md)")
         t0 = time.perf_counter()
         result = build_trainer(cfg, shards_dir, storage_path, name, callbacks=callbacks,
                                fault=fault, tracking=tracking).fit()
         wall = time.perf_counter() - t0
-    finally:
-        if started:
-            ray.shutdown()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -245,7 +246,7 @@ def fit(
     weights, meta = selected_from_state(state)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(out_dir / "model.pt", weights, meta)
-    summary = summarize(state["history"], meta)
+    summary = training_summary(state["history"], meta)
     summary.update(run_name=name, run_path=str(result.path), checkpoint_path=result.checkpoint.path,
                    wall_seconds=wall,
                    epochs_completed=int(state["epoch"]), num_workers=cfg.train.num_workers,

@@ -1,16 +1,13 @@
-"""Ray Tune search over the memory size S and the distillation temperature T."""
+"""Ray Tune search over the memory size S and the distillation temperature T.
 
-from vireid.tuning.search import (
-    SearchIncomplete,
-    asha,
-    best_params,
-    cpus_needed,
-    experiment_name,
-    run_search,
-    search_space,
-    summarize,
-    trial_config,
-)
+:mod:`~vireid.tuning.space` (what is searched, ASHA), :mod:`~vireid.tuning.run` (the trials
+and the search on Ray), :mod:`~vireid.tuning.tracking` (MLflow parent and child runs),
+:mod:`~vireid.tuning.results` (summary and outputs), :mod:`~vireid.tuning.plot` (tune.png).
+"""
+
+from vireid.tuning.results import best_params, summarize_search
+from vireid.tuning.run import SearchIncomplete, run_search
+from vireid.tuning.space import asha, cpus_needed, experiment_name, search_space, trial_config
 
 __all__ = [
     "SearchIncomplete",
@@ -20,6 +17,6 @@ __all__ = [
     "experiment_name",
     "run_search",
     "search_space",
-    "summarize",
+    "summarize_search",
     "trial_config",
 ]

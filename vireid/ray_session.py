@@ -1,0 +1,94 @@
+"""Which Ray a stage runs on (``train.ray_address``) and where its runs persist (``train.storage``).
+
+One code path from laptop to cluster: with an address, a stage joins that cluster without
+resource arguments (the cluster's nodes say what they have); without one it starts its own
+local instance, never an instance some earlier ``ray start`` left recorded in Ray's temp
+folder. Storage is a local folder (made absolute, as Ray requires) or a URI (``s3://``,
+``gs://``; credentials and endpoint from the standard environment variables) that every
+node reads and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+def is_uri(storage: str) -> bool:
+    """Whether ``storage`` names an object store (``scheme://...``) rather than a local path."""
+    return "://" in storage
+
+
+def storage_location(storage: str, base: str | os.PathLike[str], *parts: str) -> str:
+    """``storage``/``parts``: a URI as it is, a relative local path resolved against ``base``."""
+    if is_uri(storage):
+        return "/".join([storage.rstrip("/"), *parts])
+    root = Path(storage) if Path(storage).is_absolute() else Path(base) / storage
+    return str(root.joinpath(*parts).resolve())
+
+
+def start_local_ray(num_cpus: int, num_gpus: int = 0, object_store_mb: int = 256) -> str:
+    """Start a local Ray whose own processes know its address; return the address.
+
+    Ray Train's detached ``PlacementGroupCleaner`` asks the State API (served by the
+    dashboard, hence ``include_dashboard=True``) whether a run's controller is gone: without
+    it every run logs "Failed to query Ray Train Controller actor state", and a Tune trial's
+    placement group (freed by that cleaner when the trial's actor is killed) leaks, so the
+    next trial waits for CPUs forever. The State API finds the cluster through
+    ``RAY_ADDRESS`` or, without it, by looking for running GCS processes, which fails when
+    another Ray instance runs on the machine; so the GCS port is chosen here
+    (``RAY_GCS_SERVER_PORT``) and ``RAY_ADDRESS`` set while Ray starts, for its processes to
+    inherit. This process's environment is restored afterwards.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        port = int(sock.getsockname()[1])
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
+    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(port))
+    try:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
+                 dashboard_host="127.0.0.1", object_store_memory=object_store_mb * 1024 * 1024,
+                 log_to_driver=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return address
+
+
+@contextmanager
+def ray_session(address: str, *, num_cpus: int, num_gpus: int = 0,
+                object_store_mb: int = 256) -> Iterator[None]:
+    """Ray for the block: the cluster at ``address`` (joined without resource arguments) or,
+    with ``address`` empty, a new local instance of ``num_cpus``/``num_gpus``. A Ray this
+    process initialised before is used as it is; what the block started or joined it ends.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined the Ray cluster at %s (%d nodes)", address,
+                 sum(1 for n in ray.nodes() if n.get("Alive")))
+    else:
+        start_local_ray(num_cpus, num_gpus, object_store_mb)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def alive_nodes() -> int:
+    """Nodes of the connected Ray cluster that are alive."""
+    return sum(1 for n in ray.nodes() if n.get("Alive"))

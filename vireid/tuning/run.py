@@ -1,0 +1,161 @@
+"""Ray Tune search over the memory size S and the distillation temperature T.
+
+Each trial is a Ray Train run: a Tune *function trainable* builds a ``TorchTrainer`` with
+:func:`vireid.training.ray_train.build_trainer` for the trial's configuration and passes
+``TuneReportCallback`` so that every epoch's ``ray.train.report`` (``epoch``, ``val_mAP``...)
+reaches Tune (the Ray Train V2 pattern, docs "Hyperparameter Tuning with Ray Tune"). A Tune
+trial reserves ``driver_cpus`` for this driver function; its Train workers reserve their own
+resources in a separate placement group, so a cluster runs ``max_concurrent`` trials when
+it has ``max_concurrent * (driver_cpus + num_workers * cpus_per_worker)`` CPUs
+(:func:`cpus_needed`).
+
+ASHA (``AsyncHyperBandScheduler``) stops trials whose ``val_mAP`` falls below the rung
+cut-off, at epochs ``grace_period * reduction_factor**k`` below ``tune.epochs``; the search
+is seeded random search (``BasicVariantGenerator(random_state=tune.seed)``).
+
+Resuming: the experiment's name is fixed by the search's inputs (:func:`experiment_name`),
+and a search whose ``storage_path/name`` holds Tune state is restored with
+``Tuner.restore(..., resume_errored=True)``: finished trials are not run again, unfinished
+ones start again and their Ray Train run (named after the trial id) continues from its
+last checkpoint. MLflow: one parent run per experiment and one child run per trial (tag
+``mlflow.parentRunId``), found again on resume by their tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from vireid.config import Config, config_from_dict, config_to_dict
+from vireid.data.shards import ShardSet
+from vireid.ray_session import ray_session, storage_location
+from vireid.tracking.store import TrackingTarget, client
+from vireid.tuning.results import collect_trials, summarize_search, write_outputs
+from vireid.tuning.space import (
+    asha,
+    cpus_needed,
+    experiment_name,
+    search_space,
+    trial_config,
+)
+from vireid.tuning.tracking import EpochLogger, Tracking, child_run, finish_parent, parent_run
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ trial
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, train_storage: str,
+              tracking: dict[str, str] | None) -> None:
+    """Tune function trainable: one Ray Train run for ``config`` (``memory_size``,
+    ``temperature``), reporting every epoch to Tune through ``TuneReportCallback``."""
+    ctx = ray.tune.get_context()
+    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    cfg = trial_config(config_from_dict(base), config["memory_size"], config["temperature"])
+    callbacks: list[ray.train.UserCallback] = []
+    train_tracking = None
+    run_id = None
+    if tracking is not None:
+        t = Tracking(**tracking)
+        run_id = child_run(t, trial_id, trial_name, cfg.model.memory_size, cfg.loss.temperature)
+        callbacks.append(EpochLogger(t.tracking_uri, run_id))
+        train_tracking = {"tracking_uri": t.tracking_uri, "run_id": run_id}
+    # Last: once Tune has a trial's final (or ASHA-stopping) result it ends the trial, so the
+    # epoch must be in MLflow before Tune sees it.
+    callbacks.append(TuneReportCallback())
+    # Imported here: the training package is heavy and only the trial actors need it.
+    from vireid.training.ray_train import build_trainer
+
+    trainer = build_trainer(cfg, Path(shards_dir), train_storage, trial_id,
+                            callbacks=callbacks, tracking=train_tracking, num_to_keep=1)
+    result = trainer.fit()
+    if tracking is not None and run_id is not None:
+        client(tracking["tracking_uri"]).set_terminated(run_id, "FAILED" if result.error else "FINISHED")
+    if result.error is not None:
+        raise result.error
+
+
+class SearchIncomplete(RuntimeError):
+    """The search stopped before all trials finished (interrupted); rerun to resume it."""
+
+
+def run_search(
+    cfg: Config,
+    shards_dir: str | Path,
+    storage_path: str | Path,
+    out_dir: str | Path,
+    *,
+    tracking: TrackingTarget | None = None,
+    name: str | None = None,
+    driver_cpus: float = 1.0,
+    callbacks: Sequence[ray.tune.Callback] = (),
+    object_store_mb: int = 256,
+) -> dict[str, Any]:
+    """Run (or resume) the search and write ``best_params.yaml``, ``summary.json`` and
+    ``tune.png`` to ``out_dir``; return the summary.
+
+    ``storage_path``: where Tune and the trials' Ray Train runs keep their state (a folder,
+    made absolute, or a URI; shared by all nodes on a cluster). ``name``: the experiment
+    name, default :func:`experiment_name`. ``callbacks``: extra Tune callbacks (saved with
+    the experiment: a resumed search runs the first run's callbacks). Runs on the Ray of
+    ``train.ray_address`` (a new local instance with :func:`cpus_needed` CPUs when empty)
+    unless Ray is already initialised. A trial is retried ``train.max_failures`` times.
+    """
+    shards_dir = Path(shards_dir).resolve()
+    storage = storage_location(str(storage_path), Path.cwd())
+    out_dir = Path(out_dir)
+    manifest = ShardSet(shards_dir).manifest
+    name = name or experiment_name(cfg, manifest)
+    exp_path = f"{storage}/{name}"
+    gpus = cfg.train.num_workers * cfg.tune.max_concurrent if cfg.train.use_gpu else 0
+    with ray_session(cfg.train.ray_address, num_cpus=math.ceil(cpus_needed(cfg, driver_cpus)),
+                     num_gpus=gpus, object_store_mb=object_store_mb):
+        track = parent_run(tracking, cfg, name) if tracking is not None else None
+        trainable = ray.tune.with_resources(
+            ray.tune.with_parameters(
+                run_trial, base=config_to_dict(cfg), shards_dir=str(shards_dir),
+                train_storage=f"{exp_path}/train",
+                tracking=None if track is None else track.__dict__.copy()),
+            {"cpu": driver_cpus})
+        if ray.tune.Tuner.can_restore(exp_path):
+            log.info("resuming Tune experiment %s", exp_path)
+            tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+        else:
+            log.info("starting Tune experiment %s", exp_path)
+            tuner = ray.tune.Tuner(
+                trainable,
+                param_space=search_space(cfg),
+                tune_config=ray.tune.TuneConfig(
+                    scheduler=asha(cfg),
+                    # max_concurrent here: Tune's max_concurrent_trials is ignored when a
+                    # BasicVariantGenerator is passed in
+                    search_alg=BasicVariantGenerator(random_state=cfg.tune.seed,
+                                                     max_concurrent=cfg.tune.max_concurrent),
+                    num_samples=cfg.tune.num_samples,
+                ),
+                run_config=ray.tune.RunConfig(
+                    name=name, storage_path=storage, callbacks=list(callbacks),
+                    failure_config=ray.tune.FailureConfig(max_failures=cfg.train.max_failures)),
+            )
+        grid = tuner.fit()
+        trials = collect_trials(grid)
+        finished = grid.num_terminated + grid.num_errors
+    if finished < cfg.tune.num_samples:
+        raise SearchIncomplete(
+            f"Tune experiment {exp_path}: {finished} of {cfg.tune.num_samples} trials finished "
+            "(interrupted); run again with the same parameters to resume it")
+    summary = summarize_search(cfg, trials, name=name, experiment_path=exp_path)
+    write_outputs(summary, trials, out_dir)
+    if track is not None:
+        finish_parent(track, summary, out_dir)
+    return summary

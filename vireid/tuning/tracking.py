@@ -1,0 +1,117 @@
+"""MLflow for the search: one parent run per experiment, one child run per trial, found again on resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune
+
+from vireid.config import Config, config_to_dict
+from vireid.tracking.store import TrackingTarget, client, ensure_experiment
+from vireid.tuning.space import TIME_ATTR
+
+log = logging.getLogger(__name__)
+
+
+TAG_EXPERIMENT = "vireid.tune_experiment"
+TAG_ROLE = "vireid.role"
+TAG_TRIAL = "vireid.tune_trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the trials log: the store, the experiment id and the parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    name: str  # Tune experiment name (tag on parent and children)
+
+
+def _find_run(tracking_uri: str, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client(tracking_uri).search_runs([experiment_id], filter_string=query, max_results=1,
+                                            order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def parent_run(target: TrackingTarget, cfg: Config, name: str) -> Tracking:
+    """The experiment's parent run (created once; found again by its tags on resume)."""
+    exp_id = ensure_experiment(target.tracking_uri, target.experiment, target.artifact_location)
+    tags = {TAG_EXPERIMENT: name, TAG_ROLE: "tune-parent"}
+    run_id = _find_run(target.tracking_uri, exp_id, tags)
+    c = client(target.tracking_uri)
+    if run_id is None:
+        run = c.create_run(exp_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        t = config_to_dict(cfg.tune)
+        c.log_batch(run_id, params=[Param(f"tune.{k}", str(v)) for k, v in t.items()])
+    else:
+        c.update_run(run_id, status="RUNNING")
+    return Tracking(target.tracking_uri, exp_id, run_id, name)
+
+
+def child_run(tracking: Tracking, trial_id: str, trial_name: str, memory_size: int,
+              temperature: float) -> str:
+    """The trial's child run (tag ``mlflow.parentRunId``); reused when the trial restarts.
+    Logs params ``memory_size``/``temperature`` and counts starts in metric ``trial_starts``."""
+    tags = {TAG_EXPERIMENT: tracking.name, TAG_TRIAL: trial_id, PARENT_TAG: tracking.parent_run_id}
+    c = client(tracking.tracking_uri)
+    run_id = _find_run(tracking.tracking_uri, tracking.experiment_id, tags)
+    starts = 1
+    if run_id is None:
+        run_id = c.create_run(tracking.experiment_id, run_name=trial_name,
+                              tags={**tags, TAG_ROLE: "tune-trial"}).info.run_id
+        c.log_param(run_id, "memory_size", str(memory_size))
+        c.log_param(run_id, "temperature", repr(float(temperature)))
+    else:
+        c.update_run(run_id, status="RUNNING")
+        previous = c.get_run(run_id).data.metrics.get("trial_starts", 0)
+        starts = int(previous) + 1
+    c.log_metric(run_id, "trial_starts", starts, step=starts)
+    return run_id
+
+
+class EpochLogger(ray.train.UserCallback):
+    """Ray Train callback: each epoch's reported metrics to the trial's MLflow run, at
+    step = epoch."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        from mlflow.entities import Metric
+
+        record = metrics[0]
+        step = int(record.get(TIME_ATTR, 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in record.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
+
+
+def finish_parent(track: Tracking, summary: Mapping[str, Any], out_dir: str | Path) -> None:
+    """Best S/T and ASHA's numbers on the parent run, the outputs as its artifacts; FINISHED."""
+    c = client(track.tracking_uri)
+    metrics = {k: summary[k] for k in ("num_trials", "num_early_stopped", "trial_epochs_used",
+                                       "trial_epochs_full", "trial_epochs_saved")}
+    if summary["best"]:
+        metrics["best_val_mAP"] = summary["best"]["val_mAP"]
+        c.set_tag(track.parent_run_id, "best.memory_size", str(summary["best"]["memory_size"]))
+        c.set_tag(track.parent_run_id, "best.temperature", repr(summary["best"]["temperature"]))
+    for k, v in metrics.items():
+        c.log_metric(track.parent_run_id, k, float(v))
+    for f in ("best_params.yaml", "summary.json", "tune.png"):
+        c.log_artifact(track.parent_run_id, str(Path(out_dir) / f))
+    c.set_terminated(track.parent_run_id, "FINISHED")
