@@ -51,15 +51,22 @@ def model_file(tiny_shards: tuple[Path, Config], tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
-def tiny_regdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config, Path]:
+def tiny_regdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
     """Shards of a generated RegDB tree (8 identities, trial 1: 3 trained + 1 held out, 4 test)
-    and ``model.pt`` of one epoch on them: the configuration and training of
-    tests/tracking/test_provenance.py."""
+    and their config: those of tests/tracking/test_provenance.py."""
     from tests.tracking.test_provenance import SYNTH as REGDB_SYNTH
-    from tests.tracking.test_provenance import regdb_config, train
+    from tests.tracking.test_provenance import regdb_config
 
     base = tmp_path_factory.mktemp("tiny-regdb")
     generate_regdb(base / "RegDB", REGDB_SYNTH)
     cfg = regdb_config(base / "RegDB")
-    shards = prepare(cfg.data, base / "shards")
-    return shards, cfg, train(cfg, shards, base / "model.pt")
+    return prepare(cfg.data, base / "shards"), cfg
+
+
+@pytest.fixture(scope="session")
+def regdb_model_file(tiny_regdb: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.pt`` of one epoch on :func:`tiny_regdb` (test_provenance's training, no Ray)."""
+    from tests.tracking.test_provenance import train
+
+    shards, cfg = tiny_regdb
+    return train(cfg, shards, tmp_path_factory.mktemp("regdb-model") / "model.pt")

@@ -82,8 +82,9 @@ def test_rerank_changes_the_metrics_and_is_recorded(tiny_shards, model_file, tmp
 # RegDB
 
 
-def test_regdb_evaluation_writes_both_directions(tiny_regdb, tmp_path) -> None:
-    shards, cfg, model = tiny_regdb
+def test_regdb_evaluation_writes_both_directions(tiny_regdb, regdb_model_file, tmp_path) -> None:
+    shards, cfg = tiny_regdb
+    model = regdb_model_file
     metrics = evaluate(tmp_path, "regdb", cfg, model, shards, trials=1)
     assert metrics["units"] == "percent"
     entries = {k for k, v in metrics.items() if isinstance(v, dict) and k != "provenance"}
