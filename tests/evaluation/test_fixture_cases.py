@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -39,11 +40,43 @@ REGDB = [c for c in CASES if c["family"] == "regdb"]
 EDGE = [(c, v) for c in CASES if c["family"] == "edge" for v in VARIANTS]
 
 
+#: the cases of index.json as the fixture set was generated (README.md), written out by hand
+EXPECTED_CASES = {
+    "sysu_direct": {f"sysu_direct_s0_{mode}_{shot}.npz" for mode in ("all", "indoor")
+                    for shot in ("single", "multi")}
+                   | {f"sysu_direct_s{seed}_{mode}_single.npz" for seed in (1, 2) for mode in ("all", "indoor")},
+    "regdb": {"regdb_s0.npz", "regdb_s1.npz", "regdb_s2.npz"},
+    "edge": {"edge_removal_rule.npz", "edge_worked_ap_inp.npz", "edge_ties_small.npz",
+             "edge_ties_large.npz", "edge_small_gallery.npz", "edge_ragged_failure.npz",
+             "edge_regdb_ties.npz", "edge_regdb_small_gallery.npz"},
+}
+#: files of index.json that are not cases; tests/evaluation/test_sysu.py and tests/data use them
+NOT_CASES = {"regdb_list_parsing.json", "sysu_e2e_public.npz", "sysu_e2e_public_results.json",
+             "sysu_gallery_sampling_public.json", "sysu_tree_public.json", "sysu_tree_public_files.txt"}
+
+
+def _parametrized(test: Any, argnames: str) -> list[Any]:
+    """The argument values pytest runs ``test`` with for its ``argnames`` parametrization."""
+    (mark,) = [m for m in test.pytestmark if m.name == "parametrize" and m.args[0] == argnames]
+    return list(mark.args[1])
+
+
 def test_every_case_is_covered() -> None:
-    require(EVAL / "index.json")
-    families = {c["family"] for c in CASES}
-    assert families == {"sysu_direct", "regdb", "edge"}, f"unknown case family in {families}"
-    assert len(SYSU_DIRECT) + len(REGDB) + len(EDGE) // 2 == len(CASES)
+    """The tests below run exactly the cases of the index, which are the hand-listed ones."""
+    index = json.loads(require(EVAL / "index.json").read_text())
+    assert len(index["cases"]) == 19  # 8 + 3 + 8
+    by_family: dict[str, set[str]] = {}
+    for c in index["cases"]:
+        by_family.setdefault(c["family"], set()).add(c["file"])
+    assert by_family == EXPECTED_CASES
+    assert set(index["files"]) == EXPECTED_CASES["sysu_direct"] | EXPECTED_CASES["regdb"] \
+        | EXPECTED_CASES["edge"] | NOT_CASES
+    assert {c["file"] for c in _parametrized(test_sysu_direct, "case")} == EXPECTED_CASES["sysu_direct"]
+    assert {c["file"] for c in _parametrized(test_regdb_both_directions, "case")} == EXPECTED_CASES["regdb"]
+    for test in (test_edge, test_edge_default_argsort_equals_host_reference):
+        runs = [(c["file"], v) for c, v in _parametrized(test, ("case", "variant"))]
+        assert sorted(runs) == sorted((f, v) for f in EXPECTED_CASES["edge"]
+                                      for v in ("numpy_default_argsort", "stable_argsort"))
 
 
 @pytest.mark.parametrize("case", SYSU_DIRECT, ids=_ids(SYSU_DIRECT))

@@ -3,6 +3,7 @@
 # tests/infra/test_mlflow_postgres.py. Does nothing when they are already installed;
 # otherwise installs the distribution's `postgresql` package (root, apt-based systems).
 # Prints the bin directory found. CI: call it before `make test`.
+# With --find: only looks, never installs; prints the bin directory or nothing (exit code 0).
 set -euo pipefail
 
 # The newest /usr/lib/postgresql/<version>/bin with the three binaries, else the directory
@@ -21,6 +22,10 @@ find_bindir() {
 }
 
 bindir="$(find_bindir)"
+if [ "${1:-}" = "--find" ]; then
+    echo "$bindir"
+    exit 0
+fi
 if [ -z "$bindir" ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "setup_postgres.sh: PostgreSQL server binaries missing; install the 'postgresql' package" >&2

@@ -2,7 +2,8 @@
 
 PostgreSQL is initialised in a temporary directory and started on a free loopback port (as
 the ``postgres`` user when the tests run as root: the server refuses to run as root); the
-binaries come from ``tests/infra/setup_postgres.sh``, which installs them when missing.
+binaries come from ``tests/infra/setup_postgres.sh``, which installs them when missing (as
+root, with apt). Without root and without them the tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -45,11 +46,42 @@ class Postgres:
         return f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
 
 
+NEEDS_ROOT = "needs root to apt-get install postgresql; run as root or install postgresql"
+
+
+def _installed_bindir() -> Path | None:
+    """The bin directory of an installed PostgreSQL server (``setup_postgres.sh --find``:
+    looks only), or None."""
+    out = subprocess.run(["bash", str(SETUP), "--find"], capture_output=True, text=True, timeout=60,
+                         check=True)
+    found = out.stdout.strip()
+    return Path(found) if found else None
+
+
 def _bindir() -> Path:
+    """The PostgreSQL server binaries: installed ones, else installed now (as root, with apt);
+    without root and without them, the test is skipped (nothing to install them with)."""
+    if os.geteuid() != 0 and _installed_bindir() is None:
+        pytest.skip(NEEDS_ROOT)
     out = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         pytest.fail(f"PostgreSQL binaries unavailable: {out.stderr.strip()}")
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def test_without_root_or_postgres_the_test_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sys.modules[__name__], "_installed_bindir", lambda: None)
+    with pytest.raises(pytest.skip.Exception, match="^needs root to apt-get install postgresql; "
+                                                    "run as root or install postgresql$"):
+        _bindir()
+
+
+def test_find_names_the_binaries_the_setup_script_provides() -> None:
+    """``--find`` (which only looks) and the setup script agree on the bin directory."""
+    bindir = _bindir()  # installs first when needed (as root), or skips as the server test does
+    assert _installed_bindir() == bindir
+    assert all(os.access(bindir / b, os.X_OK) for b in ("initdb", "pg_ctl", "postgres"))
 
 
 def _as_owner(cmd: list[str], owner: str | None) -> list[str]:

@@ -37,15 +37,34 @@ def test_attention_is_per_sample_and_uses_its_label() -> None:
 
 
 def test_fused_feature_pairs_rows_and_attention_is_a_constant() -> None:
-    w_v, w_r = _classifiers()
-    g_v = torch.randn(3, 16, requires_grad=True)
-    g_r = torch.randn(3, 16, requires_grad=True)
-    y = torch.tensor([0, 1, 0])
+    """Two pairs with values worked out by hand (torch.std is the n-1 std; eps 1e-6 is below
+    the 4 decimals kept here).
+
+    Pair 0, identity 0: W^v[0] = [2, 0, 1, 1], W^r[0] = [0, 2, 1, 1].
+      visible g^v = [3, 3, 5, 7]: s = (W^v - W^r) g^v = [6, -6, 0, 0], mean 0, std sqrt(72/3) = 4.8990,
+        z = [1.2247, -1.2247, 0, 0], a^v = sigmoid(z) = [0.7729, 0.2271, 0.5, 0.5]
+      infrared g^r = [1, 2, 4, 2]: s = (W^r - W^v) g^r = [-2, 4, 0, 0], mean 0.5,
+        std sqrt((6.25 + 12.25 + 0.25 + 0.25) / 3) = 2.5166, z = [-0.9934, 1.3908, -0.1987, -0.1987],
+        a^r = [0.2702, 0.8007, 0.4505, 0.4505]
+      h = a^v g^v + a^r g^r = [2.3187 + 0.2702, 0.6813 + 1.6014, 2.5 + 1.8020, 3.5 + 0.9010]
+        = [2.5889, 2.2827, 4.3020, 4.4010]
+    Pair 1, identity 1: W^v[1] = W^r[1], so s = 0, z = 0 and every weight is 0.5:
+      h = (g^v + g^r) / 2 = ([1, -2, 3, 0] + [3, 4, -1, 2]) / 2 = [2, 1, 1, 1]
+    """
+    w_v = torch.tensor([[2.0, 0.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    w_r = torch.tensor([[0.0, 2.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    g_v = torch.tensor([[3.0, 3.0, 5.0, 7.0], [1.0, -2.0, 3.0, 0.0]], requires_grad=True)
+    g_r = torch.tensor([[1.0, 2.0, 4.0, 2.0], [3.0, 4.0, -1.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    a_v = torch.tensor([[0.7729, 0.2271, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]])
+    a_r = torch.tensor([[0.2702, 0.8007, 0.4505, 0.4505], [0.5, 0.5, 0.5, 0.5]])
+    tol = {"rtol": 0, "atol": 1e-4}
+    torch.testing.assert_close(self_owned_attention(g_v, y, w_v, w_r), a_v, **tol)
+    torch.testing.assert_close(self_owned_attention(g_r, y, w_r, w_v), a_r, **tol)
     h = fuse_pairs(g_v, g_r, y, w_v, w_r)
-    a_v = self_owned_attention(g_v, y, w_v, w_r)
-    a_r = self_owned_attention(g_r, y, w_r, w_v)
-    torch.testing.assert_close(h, a_v * g_v + a_r * g_r)
+    torch.testing.assert_close(h, torch.tensor([[2.5889, 2.2827, 4.3020, 4.4010], [2.0, 1.0, 1.0, 1.0]]),
+                               **tol)
     h.sum().backward()
     # no gradient through the attention: d h / d g is exactly the attention
-    torch.testing.assert_close(g_v.grad, a_v)
-    torch.testing.assert_close(g_r.grad, a_r)
+    torch.testing.assert_close(g_v.grad, a_v, **tol)
+    torch.testing.assert_close(g_r.grad, a_r, **tol)

@@ -1,4 +1,4 @@
-"""Tiny generated shard sets and configs for the training tests."""
+"""Tiny generated shard sets, configs and trained models for the training tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from vireid.config import Config, SyntheticConfig, config_from_dict, config_to_dict
 from vireid.data.prepare import prepare
-from vireid.data.synthetic import generate_sysu
+from vireid.data.synthetic import generate_regdb, generate_sysu
 
 SYNTH = SyntheticConfig(seed=3, sysu_identities=16, sysu_images_per_camera=2,
                         sysu_val_fraction=0.15, sysu_test_fraction=0.5, image_height=64, image_width=32)
@@ -37,3 +37,36 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]
     cfg = tiny_config(root)
     shards = prepare(cfg.data, base / "shards")
     return shards, cfg
+
+
+@pytest.fixture(scope="session")
+def model_file(tiny_shards: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.pt`` of one epoch of training on :func:`tiny_shards` (no Ray)."""
+    from vireid.training.loop import Trainer
+
+    shards, cfg = tiny_shards
+    trainer = Trainer(cfg, shards)
+    trainer.run_epoch()
+    return trainer.save_model(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """Shards of a generated RegDB tree (8 identities, trial 1: 3 trained + 1 held out, 4 test)
+    and their config: those of tests/tracking/test_provenance.py."""
+    from tests.tracking.test_provenance import SYNTH as REGDB_SYNTH
+    from tests.tracking.test_provenance import regdb_config
+
+    base = tmp_path_factory.mktemp("tiny-regdb")
+    generate_regdb(base / "RegDB", REGDB_SYNTH)
+    cfg = regdb_config(base / "RegDB")
+    return prepare(cfg.data, base / "shards"), cfg
+
+
+@pytest.fixture(scope="session")
+def regdb_model_file(tiny_regdb: tuple[Path, Config], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.pt`` of one epoch on :func:`tiny_regdb` (test_provenance's training, no Ray)."""
+    from tests.tracking.test_provenance import train
+
+    shards, cfg = tiny_regdb
+    return train(cfg, shards, tmp_path_factory.mktemp("regdb-model") / "model.pt")

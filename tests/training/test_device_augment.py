@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from vireid.config import Config
 from vireid.data.batch_augment import BatchAugment
-from vireid.training.loop import Trainer, device_augment, run_fingerprint
+from vireid.training.checkpoint import CheckpointMismatchError, load_train_state
+from vireid.training.loop import Trainer, device_augment
 
 
 def _on_device(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, augment_on_device=True))
 
 
-def test_device_augment_epoch_trains_on_uint8_batches(tiny_shards: tuple[Path, Config]) -> None:
+def test_device_augment_epoch_trains_on_uint8_batches(tiny_shards: tuple[Path, Config],
+                                                       tmp_path: Path) -> None:
     shards, base = tiny_shards
     cfg = _on_device(base)
     assert device_augment(base) is None
     trainer = Trainer(cfg, shards)
     assert isinstance(trainer.augment, BatchAugment)
-    assert trainer.fingerprint != Trainer(base, shards).fingerprint  # changes the draws: not runtime-only
-    assert trainer.fingerprint == run_fingerprint(cfg, trainer.shards.manifest)
+    per_image = Trainer(base, shards)
+    assert re.fullmatch(r"[0-9a-f]{16}", trainer.fingerprint)
+    assert trainer.fingerprint != per_image.fingerprint  # changes the draws: not runtime-only
+    # ... so a run with per-image augmentation cannot be resumed with it (and back)
+    state = per_image.save_state(tmp_path / "per_image.pt")
+    with pytest.raises(CheckpointMismatchError, match="fingerprint"):
+        load_train_state(state, **trainer.expected())
+    assert load_train_state(state, **per_image.expected())["epoch"] == 0
+    # while the runtime-only keys leave it as it is
+    runtime = dataclasses.replace(cfg.train, loader_workers=1, checkpoint_every=5, max_failures=0,
+                                  cpus_per_worker=2)
+    assert Trainer(dataclasses.replace(cfg, train=runtime), shards).fingerprint == trainer.fingerprint
 
     batch = next(iter(trainer.loader))
     h, w = cfg.data.image_height, cfg.data.image_width

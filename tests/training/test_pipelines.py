@@ -1,10 +1,10 @@
-"""The evaluate and summary stage entry points on a tiny trained model."""
+"""The evaluate and summary stage entry points on a tiny trained model (``model_file``:
+tests/training/conftest.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +14,6 @@ from vireid.data.shards import ShardSet
 from vireid.evaluation.regdb import TrialMismatchError
 from vireid.stages import evaluate as evaluate_stage
 from vireid.training.checkpoint import CheckpointMismatchError, read_model_file, save_model
-from vireid.training.loop import Trainer
-
-
-@pytest.fixture(scope="module")
-def model_file(tiny_shards, tmp_path_factory) -> Path:
-    shards, cfg = tiny_shards
-    trainer = Trainer(cfg, shards)
-    trainer.run_epoch()
-    return trainer.save_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_path) -> None:
