@@ -1,136 +1,128 @@
-"""Training-step throughput: the full method against the plain two-stream baseline, and
-(on a GPU) fp32 eager against bf16 autocast + channels_last + torch.compile.
+"""Training throughput of the pipeline's own Trainer, per train.* speed switch.
 
-One step = forward, the task's named losses, backward, SGD step and the memory write, on
-random images already on the device (this measures the step, not the data path; the data
-path has its own benchmark). Every variant of a run is measured in the same process, so the
-printed ratios compare like with like.
+Every variant is the real path a user runs (``vireid.training.loop.Trainer.run_epoch``: the
+sampler, the loader, the switches of ``train.precision``/``memory_format``/``compile``, the
+task's losses, SGD, the memory write) on a generated SYSU-layout shard set at the given
+resolution, measured in one process so that the ratios to fp32 eager compare like with like.
+Each variant runs one warm-up epoch (compilation happens there) and one timed epoch of
+``--steps`` steps; images/s is that epoch's (data loading included, as in training).
 
-    uv run python bench/bench_train_step.py --device cpu                  # method overhead, CPU
-    python3 bench/bench_train_step.py --device cuda --arch resnet50 \\
-        --height 288 --width 144 --variants fp32,fast   # GPU (device machine)
+    uv run python bench/bench_train_step.py --device cpu                      # CPU switches + DDP overhead
+    python3 bench/bench_train_step.py --device cuda --arch resnet50 --height 288 --width 144 \\
+        --variants fp32,bf16,bf16cl,fast --flops                              # GPU (device machine)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vireid.config import LossConfig, ModelConfig  # noqa: E402
-from vireid.modeling import ReIDTask, VIReIDModel  # noqa: E402
-from vireid.modeling.speed import compile_for_speed  # noqa: E402
+from vireid.config import Config, SyntheticConfig, config_from_dict, config_to_dict  # noqa: E402
+from vireid.data.prepare import prepare  # noqa: E402
+from vireid.data.synthetic import generate_sysu  # noqa: E402
+from vireid.training.loop import Trainer  # noqa: E402
 
 METHODS = {
-    "baseline": (dict(fusion=False, memory=False), dict(distill=False)),
-    "full": (dict(fusion=True, memory=True), dict(distill=True, dynamic=True)),
+    "baseline": ({"fusion": False, "memory": False}, {"distill": False}),
+    "full": ({"fusion": True, "memory": True}, {"distill": True, "dynamic": True}),
+}
+# variant -> train.precision, train.memory_format, train.compile
+VARIANTS = {
+    "fp32": ("fp32", "contiguous", "none"),
+    "bf16": ("bf16", "contiguous", "none"),
+    "cl": ("fp32", "channels_last", "none"),
+    "bf16cl": ("bf16", "channels_last", "none"),
+    "compiled": ("fp32", "contiguous", "regions"),
+    "fast": ("bf16", "channels_last", "regions"),  # what train.*: auto gives on a GPU
 }
 
 
-def make_batch(p: int, k: int, h: int, w: int, classes: int, device: torch.device,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch in the sampler's layout: [visible block (P*K), infrared block (P*K)]."""
-    ids = torch.randperm(classes, generator=gen)[:p]
-    labels = ids.repeat_interleave(k).repeat(2)  # [2PK]
-    modalities = torch.cat([torch.zeros(p * k), torch.ones(p * k)]).long()  # [2PK]
-    images = torch.randn(2 * p * k, 3, h, w, generator=gen)  # [2PK,3,H,W]
-    return images.to(device), labels.to(device), modalities.to(device)
+def make_shards(root: Path, height: int, width: int, identities: int) -> Path:
+    """A generated SYSU-layout shard set (train split only matters here)."""
+    synth = SyntheticConfig(seed=0, sysu_identities=identities, sysu_images_per_camera=4,
+                            sysu_val_fraction=0.0, sysu_test_fraction=0.1,
+                            image_height=height, image_width=width)
+    plain = config_to_dict(Config())
+    plain["data"].update(root=str(root / "raw"), synth=config_to_dict(synth), holdout_identities=0,
+                         image_height=height, image_width=width, shard_encoding="raw")
+    cfg = config_from_dict(plain)
+    generate_sysu(cfg.data.root, synth)
+    return prepare(cfg.data, root / "shards")
 
 
-def step_flops(task: ReIDTask, batch: tuple[torch.Tensor, ...]) -> float:
-    """FLOPs of one forward + backward (torch's flop counter, matrix ops and convolutions)."""
+def bench_config(args: argparse.Namespace, method: str, variant: str) -> Config:
+    mk, lk = METHODS[method]
+    precision, layout, compiled = VARIANTS[variant]
+    plain = config_to_dict(Config())
+    plain["data"].update(image_height=args.height, image_width=args.width, holdout_identities=0)
+    plain["model"].update(arch=args.arch, pretrained=False, memory_size=8, **mk)
+    plain["loss"].update(**lk)
+    plain["train"].update(epochs=2, iters_per_epoch=args.steps, identities_per_batch=args.P,
+                          instances_per_modality=args.K, warmup_epochs=0, milestones=[],
+                          use_gpu=args.device == "cuda", loader_workers=args.loader_workers,
+                          augment_on_device=True, precision=precision, memory_format=layout,
+                          compile=compiled, log_every=args.log_every, validate_every=10)
+    return config_from_dict(plain)
+
+
+def step_flops(trainer: Trainer) -> float:
+    """FLOPs of one forward + backward of the task (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    batch = next(iter(trainer.loader))
+    x = trainer.augment(batch["image"].to(trainer.device)) if trainer.augment else batch["image"].to(trainer.device)
     counter = FlopCounterMode(display=False)
     with counter:
-        losses, _ = task(*batch)
-        sum(losses.values()).backward()
-    task.zero_grad(set_to_none=True)
+        losses, _ = trainer.task(x, batch["label"].to(trainer.device).long(),
+                                 batch["modality"].to(trainer.device).long())
+        trainer.task.total(losses).backward()
+    trainer.task.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
-def run_variant(method: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict:
-    torch.manual_seed(0)
-    mk, lk = METHODS[method]
-    mcfg = ModelConfig(arch=args.arch, pretrained=False, memory_size=8, **mk)
-    lcfg = LossConfig(**lk)
-    model = VIReIDModel(mcfg, args.classes).to(device)
-    # fp32: eager float32 (the community recipe); bf16: + bf16 autocast; bf16cl: + channels_last;
-    # fast: + torch.compile of each part of the network (static shapes; the per-modality
-    # routing stays eager, so no data-dependent shape reaches the compiler)
-    # graphs: fast with CUDA graphs (compile mode reduce-overhead) to remove launch overhead
-    # graphs_task: graphs + the task's loss head compiled too (default mode)
-    bf16 = variant in ("bf16", "bf16cl", "fast", "graphs", "graphs_task") and device.type == "cuda"
-    channels_last = variant in ("bf16cl", "fast", "graphs", "graphs_task")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    task = ReIDTask(model, lcfg)
-    # graphs also uses the fused CUDA SGD kernel (one launch for all parameters)
-    fused = variant in ("graphs", "graphs_task") and device.type == "cuda"
-    opt = torch.optim.SGD(model.param_groups(0.1, 0.01), lr=0.1, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4, fused=fused or None)
-    gen = torch.Generator().manual_seed(0)
-    batches = [make_batch(args.P, args.K, args.height, args.width, args.classes, device, gen)
-               for _ in range(4)]
-    if channels_last:
-        batches = [(x.contiguous(memory_format=torch.channels_last), y, m) for x, y, m in batches]
-    flops = step_flops(task, batches[0]) if args.flops else 0.0
-    if variant in ("fast", "graphs", "graphs_task"):
-        compile_for_speed(model, channels_last=True,
-                          mode="reduce-overhead" if variant.startswith("graphs") else args.compile_mode or None)
-    if variant == "graphs_task":
-        task.compile(dynamic=False)
-
-    def step(i: int) -> float:
-        x, y, m = batches[i % len(batches)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses, state = task(x, y, m)
-            loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        task.after_step(state)
-        return float(loss.detach())
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+def run_variant(args: argparse.Namespace, shards: Path, method: str, variant: str,
+                data_parallel: bool = False) -> dict[str, Any]:
+    cfg = bench_config(args, method, variant)
+    torch._dynamo.reset()
+    trainer = Trainer(cfg, shards, device=args.device, data_parallel=data_parallel)
+    flops = step_flops(trainer) if args.flops and not trainer.runtime.compile_regions else 0.0
     t0 = time.perf_counter()
-    for i in range(args.warmup):
-        step(i)
-    sync()
+    trainer.run_epoch()  # warm-up (and compilation)
     warm_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        last = step(i)
-    sync()
-    dt = time.perf_counter() - t0
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+    syncs = None
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        if args.count_syncs:
+            import warnings
 
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            for i in range(5):
-                step(i)
-            sync()
-        ev = prof.key_averages()
-        print(f"profile {method}/{variant}: self CPU total "
-              f"{sum(e.self_cpu_time_total for e in ev) / 5e3:.1f} ms/step, self device total "
-              f"{sum(getattr(e, 'self_device_time_total', 0) for e in ev) / 5e3:.1f} ms/step")
-        print(ev.table(sort_by="self_cpu_time_total", row_limit=12))
-    batch = 2 * args.P * args.K
-    out = {"method": method, "variant": variant, "images_per_s": batch * args.steps / dt,
-           "step_ms": 1000 * dt / args.steps, "warmup_s": warm_s, "loss": last,
-           "gflop_per_step": flops / 1e9}
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                record = trainer.run_epoch()
+            torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            record = trainer.run_epoch()
+        torch.cuda.synchronize()
+    else:
+        record = trainer.run_epoch()
+    out = {"method": method, "variant": variant, "ddp": data_parallel, "runtime": trainer.runtime.describe(),
+           "images_per_s": record["images_per_s"], "step_ms": 1000 * record["seconds"] / record["steps"],
+           "warmup_s": warm_s, "loss": record["loss"]}
+    if syncs is not None:
+        out["host_syncs_per_step"] = syncs / record["steps"]
     if flops:
-        out["achieved_tflops"] = flops * args.steps / dt / 1e12
+        out["gflop_per_step"] = flops / 1e9
     return out
 
 
@@ -152,20 +144,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--height", type=int, default=64)
+    ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--P", type=int, default=8)
     ap.add_argument("--K", type=int, default=4)
-    ap.add_argument("--classes", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--identities", type=int, default=48, help="generated identities (>= P)")
+    ap.add_argument("--steps", type=int, default=20, help="steps of the timed epoch (and of the warm-up)")
     ap.add_argument("--methods", default="baseline,full")
-    ap.add_argument("--variants", default="fp32")
-    ap.add_argument("--flops", action="store_true", help="count FLOPs per step")
+    ap.add_argument("--variants", default="fp32,bf16,cl,compiled")
+    ap.add_argument("--ddp-overhead", action="store_true",
+                    help="also run fp32 under DistributedDataParallel with one gloo worker")
+    ap.add_argument("--loader-workers", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--flops", action="store_true", help="count FLOPs per step (eager variants)")
+    ap.add_argument("--count-syncs", action="store_true", help="CUDA: count host syncs in the timed epoch")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--compile-mode", default="",
-                    help="torch.compile mode of the fast variant ('' for the default mode)")
-    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table per variant")
     ap.add_argument("--json", default="", help="also write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -174,35 +167,42 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as the AGW recipe sets it
     info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "arch": args.arch,
-            "image": [args.height, args.width], "batch": [args.P, args.K, 2]}
-    print(json.dumps(info))
+            "image": [args.height, args.width], "batch": [args.P, args.K, 2], "steps": args.steps}
+    print(json.dumps(info), flush=True)
     results = []
-    for method in args.methods.split(","):
-        for variant in args.variants.split(","):
-            r = run_variant(method, variant, args, device)
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    # a method named more than once (e.g. --methods baseline,full,baseline,full, so that a
-    # drift of the machine's speed cancels): the mean of its runs
-    runs: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
+        shards = make_shards(Path(tmp), args.height, args.width, args.identities)
+        for method in args.methods.split(","):
+            for variant in args.variants.split(","):
+                results.append(run_variant(args, shards, method, variant))
+                print(json.dumps(results[-1]), flush=True)
+            if args.ddp_overhead:
+                import torch.distributed as dist
+
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", "29533")
+                dist.init_process_group("gloo", rank=0, world_size=1)
+                try:
+                    results.append(run_variant(args, shards, method, "fp32", data_parallel=True))
+                finally:
+                    dist.destroy_process_group()
+                print(json.dumps(results[-1]), flush=True)
+    runs: dict[tuple[str, str, bool], list[float]] = {}
     for r in results:
-        runs.setdefault((r["method"], r["variant"]), []).append(r["images_per_s"])
+        runs.setdefault((r["method"], r["variant"], r["ddp"]), []).append(r["images_per_s"])
     by = {k: sum(v) / len(v) for k, v in runs.items()}
     summary: dict[str, float] = {}
-    for v in args.variants.split(","):
-        if ("baseline", v) in by and ("full", v) in by:
-            summary[f"overhead_full_vs_baseline_{v}"] = by[("baseline", v)] / by[("full", v)] - 1
-    for m in dict.fromkeys(args.methods.split(",")):
-        for v in args.variants.split(","):
-            if v != "fp32" and (m, "fp32") in by and (m, v) in by:
-                summary[f"speedup_{v}_vs_fp32_{m}"] = by[(m, v)] / by[(m, "fp32")]
+    for (method, variant, ddp), ips in by.items():
+        if (method, "fp32", False) in by and (variant != "fp32" or ddp):
+            name = "ddp1_fp32" if ddp else variant
+            summary[f"speedup_{name}_vs_fp32_{method}"] = ips / by[(method, "fp32", False)]
     if device.type == "cuda":
         summary["matmul_bf16_peak_tflops"] = matmul_peak(device)
         for r in results:
-            if "achieved_tflops" in r:
-                summary[f"fraction_of_peak_{r['method']}_{r['variant']}"] = (
-                    r["achieved_tflops"] / summary["matmul_bf16_peak_tflops"])
-    print(json.dumps({"summary": summary}))
+            if "gflop_per_step" in r:
+                tflops = r["gflop_per_step"] * r["images_per_s"] / (2 * args.P * args.K) / 1e3
+                summary[f"tflops_{r['method']}_{r['variant']}"] = tflops
+    print(json.dumps({"summary": summary}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "results": results, "summary": summary}, indent=2))
 

@@ -298,6 +298,8 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.query_chunk >= 1, "eval.query_chunk", "must be >= 1")
         _check(self.max_rank >= 20, "eval.max_rank", "must be >= 20 (Rank-20 is a headline metric)")
+        _check(self.sysu_sampler != "official" or bool(self.official_perm_path.strip()), "eval.official_perm_path",
+               "eval.sysu_sampler official needs the path of SYSU-MM01's rand_perm_cam.mat")
         check_headline(self.headline, self.sysu_modes, self.sysu_shots)
 
 

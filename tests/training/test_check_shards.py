@@ -11,6 +11,7 @@ import pytest
 
 from vireid.config import Config, replace
 from vireid.errors import error_line
+from vireid.evaluation.provenance import ShardMismatchError
 from vireid.training.loop import Trainer, check_shards
 
 REGDB_HEADLINE = {"headline": "regdb/v2t/mAP"}
@@ -19,7 +20,7 @@ REGDB_HEADLINE = {"headline": "regdb/v2t/mAP"}
 def _refused(cfg: Config, shards: Path) -> ValueError:
     with pytest.raises(ValueError) as err:
         Trainer(cfg, shards)
-    assert type(err.value) is ValueError  # not a subclass the caller could mistake for another error
+    assert type(err.value) is ShardMismatchError  # an expected error: one line, exit 2 (vireid.errors)
     return err.value
 
 
@@ -57,12 +58,6 @@ def test_matching_shards_are_accepted(tiny_shards, tiny_regdb) -> None:
     assert Trainer(other_trial, sysu_shards).shards.manifest["regdb_trial"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check_shards raises a plain ValueError, which vireid.errors does not count as an expected error "
-    "(the evaluate stage's shard checks raise ShardMismatchError/TrialMismatchError, which it does): "
-    "the train stage, whose Ray workers build the Trainer, ends with the WorkerGroupError traceback "
-    "and exit code 1 (after retrying the worker group train.max_failures times) instead of the one "
-    "line 'error: shards .../manifest.json: ...' and exit code 2"))
 def test_refused_shards_read_as_one_line_error(tiny_shards) -> None:
     shards, cfg = tiny_shards
     err = _refused(replace(cfg, data={"image_height": 128}), shards)

@@ -220,30 +220,13 @@ def malformed_perm_file(case: str, folders: Mapping[tuple[int, int], int], path:
     return path
 
 
-def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.mark.parametrize("case", [
     "missing",
-    pytest.param("not_a_mat_file", marks=_xfail(
-        "OfficialPermutations.from_mat catches OSError/ValueError/KeyError only: scipy's MatReadError "
-        "('Mat file appears to be truncated') escapes without the file name, and as an unexpected "
-        "error the stage prints a traceback (exit 1)")),
-    pytest.param("no_rand_perm_cam", marks=_xfail(
-        "OfficialPermutations.from_mat raises a plain ValueError ('<path>: not a readable "
-        "rand_perm_cam.mat'), which vireid.errors does not count as an expected error: the stage "
-        "prints a traceback (exit 1) instead of the one line")),
-    pytest.param("permutes_3_of_2", marks=_xfail(
-        "official_gallery's GallerySamplingError names the folder and 'rand_perm_cam.mat', not the "
-        "file eval.official_perm_path points at")),
-    pytest.param("one_row_for_2_trials", marks=_xfail(
-        "official_gallery's GallerySamplingError names the folder and the shape, not the file "
-        "eval.official_perm_path points at")),
-    pytest.param("zero_based", marks=_xfail(
-        "official_gallery does not check that a row is a 1-based permutation of 1..N: entry 0 is "
-        "taken as files[-1] (the folder's last image) and the evaluation succeeds on a gallery "
-        "the file does not describe")),
+    "not_a_mat_file",
+    "no_rand_perm_cam",
+    "permutes_3_of_2",
+    "one_row_for_2_trials",
+    "zero_based",
 ])
 def test_malformed_perm_file_fails_with_one_line_naming_it(tiny_shards, model_file, tmp_path, capsys,
                                                            case: str) -> None:
@@ -259,9 +242,6 @@ def test_malformed_perm_file_fails_with_one_line_naming_it(tiny_shards, model_fi
     assert str(perm) in lines[0]
 
 
-@_xfail("config accepts eval.sysu_sampler: official with eval.official_perm_path empty; the stage then "
-        "fails after feature extraction with 'error: .mat: No such file or directory' (scipy appends "
-        ".mat to the empty path), naming neither the key nor a file")
 def test_official_sampler_without_a_perm_file_is_a_config_error(tiny_shards, model_file, tmp_path,
                                                                 capsys) -> None:
     shards, cfg = tiny_shards

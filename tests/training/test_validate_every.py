@@ -21,7 +21,8 @@ from vireid.training.checkpoint import (
     read_model_file,
     selected_from_state,
 )
-from vireid.training.loop import Trainer, summarize
+from vireid.training.loop import Trainer
+from vireid.training.loop import training_summary as summarize
 from vireid.training.ray_train import write_history_csv
 
 #: the val_mAP each epoch's validation reports (scripted): the best values are on epochs that

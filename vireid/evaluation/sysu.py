@@ -107,24 +107,40 @@ class OfficialPermutations:
     """``rand_perm_cam.mat``: ``(camera, identity) -> [10, N]`` 1-based permutations."""
 
     perms: Mapping[tuple[int, int], np.ndarray]
+    source: str = "rand_perm_cam.mat"  # the file read (named by every error about it)
 
     @classmethod
     def from_mat(cls, path: str | os.PathLike[str]) -> OfficialPermutations:
-        """Read the owners' ``rand_perm_cam.mat`` (key ``rand_perm_cam``, 6 x 1 cell)."""
+        """Read the owners' ``rand_perm_cam.mat`` (key ``rand_perm_cam``, 6 x 1 cell); every
+        row must be a 1-based permutation of its folder's images."""
         import scipy.io
 
+        source = os.fspath(path)
+        if not os.path.isfile(source):  # scipy would try "<path>.mat" and name that
+            raise GallerySamplingError(f"{source}: no such file (eval.official_perm_path)")
         try:
-            cells = scipy.io.loadmat(os.fspath(path))["rand_perm_cam"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path}: not a readable rand_perm_cam.mat ({exc})") from exc
+            cells = scipy.io.loadmat(source)["rand_perm_cam"]
+        except KeyError:
+            raise GallerySamplingError(f"{source}: no rand_perm_cam variable (not SYSU-MM01's "
+                                       "rand_perm_cam.mat)") from None
+        except Exception as exc:  # scipy's MatReadError, NotImplementedError (v7.3 files), OSError...
+            raise GallerySamplingError(f"{source}: not a readable MAT file ({exc})") from exc
         perms: dict[tuple[int, int], np.ndarray] = {}
         for c in range(cells.shape[0]):
             entries = np.asarray(cells[c, 0]).ravel()
             for i, entry in enumerate(entries):
                 arr = np.asarray(entry)
-                if arr.size:
-                    perms[(c + 1, i + 1)] = arr.astype(np.int64)
-        return cls(perms)
+                if not arr.size:
+                    continue
+                arr = np.atleast_2d(arr.astype(np.int64))
+                n = arr.shape[1]
+                ok = (np.sort(arr, axis=1) == np.arange(1, n + 1)).all()
+                if not ok:
+                    raise GallerySamplingError(
+                        f"{source}: cam{c + 1}/{i + 1:04d}: rows must be permutations of 1..{n} "
+                        "(1-based, as in the owners' file)")
+                perms[(c + 1, i + 1)] = arr
+        return cls(perms, source)
 
 
 def load_official_permutations(path: str | os.PathLike[str]) -> OfficialPermutations:
@@ -140,15 +156,15 @@ def official_gallery(
     k = SYSU_SHOT_SIZE[shot]
     picks: list[int] = []
     for identity, cam, files in gallery_folders(pool, mode):
-        where = f"cam{cam}/{identity:04d}"
+        where = f"{perms.source}: cam{cam}/{identity:04d}"
         perm = perms.perms.get((cam, identity))
         if perm is None:
-            raise GallerySamplingError(f"{where}: no permutation in rand_perm_cam.mat")
+            raise GallerySamplingError(f"{where}: no permutation for this folder")
         if perm.ndim != 2 or not 0 <= trial < perm.shape[0]:
             raise GallerySamplingError(f"{where}: permutation of shape {perm.shape} has no row {trial}")
         if perm.shape[1] != len(files):
             raise GallerySamplingError(
-                f"{where}: rand_perm_cam.mat permutes {perm.shape[1]} images, the folder has "
+                f"{where}: permutes {perm.shape[1]} images, the folder has "
                 f"{len(files)} (not the official SYSU-MM01 tree?)")
         if len(files) < k:
             raise GallerySamplingError(f"{where}: {shot}-shot needs {k} images, found {len(files)}")

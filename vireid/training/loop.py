@@ -43,6 +43,7 @@ from vireid.data.transforms import train_transform
 from vireid.distributed import all_reduce_mean, average_batchnorm_stats, is_distributed, world_size
 from vireid.evaluation.extract import table_features
 from vireid.evaluation.metrics import evaluate_features
+from vireid.evaluation.provenance import ShardMismatchError
 from vireid.modeling import ReIDTask, VIReIDModel
 from vireid.modeling.speed import compile_for_speed
 from vireid.training.checkpoint import (
@@ -131,8 +132,8 @@ def check_shards(cfg: Config, shards: ShardSet) -> None:
               "regdb_trial": cfg.data.regdb_trial if cfg.data.dataset == "regdb" else None}
     for key, value in wanted.items():
         if m.get(key) != value:
-            raise ValueError(f"shards {path}: {key} is {m.get(key)!r} but data.{key} is {value!r}; "
-                             "rerun the prepare stage")
+            raise ShardMismatchError(f"shards {path}: {key} is {m.get(key)!r} but data.{key} is "
+                                     f"{value!r}; rerun the prepare stage")
 
 
 def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
@@ -322,10 +323,12 @@ class Trainer:
     ``epoch`` counts completed epochs. :meth:`run_epoch` trains the next one, validates on
     validation epochs (rank 0; every ``validate_every`` epochs and the last one) and keeps
     the best validation mAP epoch's weights (the last epoch when there is no ``val`` split).
+    ``data_parallel``: wrap the task in DistributedDataParallel (None: when a process group of
+    more than one rank is initialised; True also with one rank, to measure DDP's cost).
     """
 
     def __init__(self, cfg: Config, shards_dir: str | Path, *, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", data_parallel: bool | None = None) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)
         self.shards = ShardSet(shards_dir)
@@ -346,7 +349,7 @@ class Trainer:
         # broadcast (the memory is written with every rank's features, BatchNorm statistics
         # are averaged after each epoch)
         self.forward: nn.Module = self.task
-        if is_distributed():
+        if is_distributed() if data_parallel is None else data_parallel:
             self.forward = DistributedDataParallel(
                 self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)

@@ -38,7 +38,7 @@ from vireid.io import atomic_write_json, atomic_write_text
 from vireid.ray_session import alive_nodes, ray_session, storage_location
 from vireid.tracking.store import TrackingError, is_server_uri
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
-from vireid.training.loop import Trainer, run_fingerprint, training_summary
+from vireid.training.loop import Trainer, check_shards, run_fingerprint, training_summary
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ def fit(
     ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
     """
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
+    check_shards(cfg, ShardSet(shards_dir))  # here, not only in the workers: Ray would retry them
     name = name or run_name(cfg, shards_dir)
     t = cfg.train
     with ray_session(t.ray_address, num_cpus=t.num_workers * t.cpus_per_worker,
