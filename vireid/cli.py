@@ -9,7 +9,7 @@ Run it where ``params.yaml`` lives (or point ``--params`` at one)::
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
 
 This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
-the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.search`.
+the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.retrieval`.
 """
 
 from __future__ import annotations
@@ -68,24 +68,24 @@ def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
-    from vireid import search
+    from vireid import retrieval
 
-    queries = search.query_paths(args.query)
-    gallery = search.list_images(args.gallery)
+    queries = retrieval.query_paths(args.query)
+    gallery = retrieval.list_images(args.gallery)
     model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
-    search.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
+    retrieval.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
-    embed, size = search.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
-    q_mod = search.MODALITIES[args.query_modality]
-    g_mod = search.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
-    results = search.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
+    embed, size = retrieval.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
+    q_mod = retrieval.MODALITIES[args.query_modality]
+    g_mod = retrieval.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
+    results = retrieval.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
                             gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
                             device=args.device, on_skip=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for result in results:
         print(f"query {result.query}")
         for m in result.matches:
             print(f"  {m.rank:3d}  {m.similarity:+.4f}  {m.path}")
-    picture = search.save_picture(args.out, results)
+    picture = retrieval.save_picture(args.out, results)
     print(f"picture: {picture}")
     return 0
 

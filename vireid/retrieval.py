@@ -1,7 +1,8 @@
-"""Cross-modality image search: query image(s) against a gallery folder, ranked by cosine.
+"""Cross-modality image retrieval (``vireid search``): rank a gallery folder for query images.
 
-Pure functions over what is handed in: image paths, an embedding function
-``embed(images [B,3,H,W] float, modality [B] long) -> [B,d]`` and the model's image size.
+Ranking is by cosine similarity of the embeddings. Pure functions over what is handed in:
+image paths, an embedding function ``embed(images [B,3,H,W] float, modality [B] long) -> [B,d]``
+and the model's image size.
 :func:`load_embed_fn` turns a ``model.pt`` path or an MLflow model URI into that triple.
 """
 
