@@ -1,6 +1,6 @@
 """MLflow tracking and model registry of the pipeline (one run per pipeline run)."""
 
-from vireid.modeling.export import Embedder
+from vireid.modeling.export import ExportableEmbedder
 from vireid.tracking.model import (
     UnsafeModelError,
     check_pt2_model,
@@ -38,7 +38,7 @@ from vireid.tracking.store import (
 
 __all__ = [
     "Decision",
-    "Embedder",
+    "ExportableEmbedder",
     "MetricLogger",
     "TrackingError",
     "TrackingTarget",

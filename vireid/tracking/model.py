@@ -14,7 +14,7 @@ folder) before deserialising anything, and loads it with pickle deserialisation 
 :func:`load_logged_embedder` (``models:/vireid@champion``) returns a module called as
 ``module(images, modality)``. (``pt2`` models with several inputs get no pyfunc flavour.)
 
-The logged module is :class:`vireid.modeling.export.Embedder` (the inference path of
+The logged module is :class:`vireid.modeling.export.ExportableEmbedder` (the inference path of
 ``VIReIDModel``, ``torch.export``-able with a dynamic batch size); MLflow runs
 ``torch.export`` on it from the signature and the input example.
 """
