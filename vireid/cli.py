@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from vireid.data import MODALITY_CODES
+
 STAGES = ("synth", "prepare", "train", "evaluate", "register", "tune")
 
 
@@ -76,8 +78,8 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     retrieval.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
     embed, size = retrieval.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
-    q_mod = retrieval.MODALITIES[args.query_modality]
-    g_mod = retrieval.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
+    q_mod = MODALITY_CODES[args.query_modality]
+    g_mod = MODALITY_CODES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
     results = retrieval.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
                             gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
                             device=args.device, on_skip=lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -145,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--model", default="models:/vireid@champion",
                    help="model.pt file or MLflow model URI (default models:/vireid@champion)")
-    p.add_argument("--query-modality", choices=sorted(MODALITY_NAMES), default="infrared",
+    p.add_argument("--query-modality", choices=sorted(MODALITY_CODES), default="infrared",
                    help="modality of the query images (default infrared)")
-    p.add_argument("--gallery-modality", choices=sorted(MODALITY_NAMES), default=None,
+    p.add_argument("--gallery-modality", choices=sorted(MODALITY_CODES), default=None,
                    help="modality of the gallery images (default: the other one)")
     p.add_argument("--top-k", type=_positive, default=5, help="matches per query (default 5)")
     p.add_argument("--out", default="search.png",
@@ -166,9 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
     p.set_defaults(func=_cmd_mlflow_ui)
     return parser
-
-
-MODALITY_NAMES = ("visible", "infrared")
 
 
 def _positive(text: str) -> int:

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vireid.data import IMAGE_SUFFIXES, MODALITY_CODES
 from vireid.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MODALITIES = {"visible": 0, "infrared": 1}
 EmbedFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -142,7 +141,7 @@ def preprocess(images: Sequence[Tensor], image_height: int, image_width: int) ->
 def embed_images(embed: EmbedFn, images: Tensor, modality: int, batch_size: int = 64,
                  device: str | torch.device = "cpu") -> Tensor:
     """Embeddings ``[N,d]`` (float32, CPU, L2-normalised) of preprocessed ``images``."""
-    if modality not in (0, 1):
+    if modality not in MODALITY_CODES.values():
         raise ValueError(f"modality must be 0 (visible) or 1 (infrared), got {modality}")
     out = []
     for i in range(0, len(images), batch_size):

@@ -22,6 +22,10 @@ class Modality(StrEnum):
         return cls.VISIBLE if int(code) == 0 else cls.INFRARED
 
 
+#: Modality name -> the integer code tensors, shards and the exported model carry.
+MODALITY_CODES: dict[str, int] = {m.value: m.code for m in Modality}  # {"visible": 0, "infrared": 1}
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One image of one person.

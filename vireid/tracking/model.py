@@ -34,6 +34,7 @@ import torch
 import yaml
 from torch import nn
 
+from vireid.data.sample import MODALITY_CODES
 from vireid.io import environ_set
 from vireid.modeling.export import inference_copy
 from vireid.tracking.store import TrackingError, use_tracking_uri
@@ -74,7 +75,7 @@ def model_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "image_height": int(meta["image_height"]), "image_width": int(meta["image_width"]),
         "feat_dim": int(meta["feat_dim"]), "arch": str(meta.get("arch", "")),
-        "dataset": str(meta.get("dataset", "")), "modality_codes": {"visible": 0, "infrared": 1},
+        "dataset": str(meta.get("dataset", "")), "modality_codes": dict(MODALITY_CODES),
         "input": "images normalised with ImageNet mean/std (vireid.data.transforms.test_transform)",
     }
 
