@@ -33,8 +33,15 @@ from vireid.tracking import (
     resumed_run,
     start_pipeline_run,
 )
-from vireid.tracking.registry import TAG_DATA_KIND, TAG_EVAL_SHA, TAG_MODEL_SHA, find_version
+from vireid.tracking.registry import find_version
 from vireid.tracking.runs import check_recorded_run, set_tags
+from vireid.tracking.tags import (
+    TAG_DATA_KIND,
+    TAG_EVAL_SHA,
+    TAG_MODEL_SHA,
+    TAG_REGISTERED_ALIAS,
+    TAG_REGISTERED_VERSION,
+)
 from vireid.training.checkpoint import load_model
 
 log = logging.getLogger("vireid.stages.register")
@@ -110,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           champion_alias=cfg.track.champion_alias,
                           challenger_alias=cfg.track.challenger_alias,
                           fingerprint=fingerprint, extra_tags={TAG_DATA_KIND: prov.get("data_kind", "unknown")})
-        set_tags(target.tracking_uri, run_id, {"registered_version": record["version"],
-                                               "registered_alias": record["alias"]})
+        set_tags(target.tracking_uri, run_id, {TAG_REGISTERED_VERSION: record["version"],
+                                               TAG_REGISTERED_ALIAS: record["alias"]})
     atomic_write_json(args.out, record)
     again = " (already registered)" if record["reused"] else ""
     print(f"registered {record['model_name']} v{record['version']} as {record['alias']}{again}: {record['reason']}")
