@@ -8,7 +8,6 @@ and the model's image size.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vireid.data import IMAGE_SUFFIXES, MODALITY_CODES
-from vireid.io import atomic_write_bytes
+from vireid.plotting import new_figure, save_png
 
 log = logging.getLogger(__name__)
 EmbedFn = Callable[[Tensor, Tensor], Tensor]
@@ -181,15 +180,11 @@ def search(embed: EmbedFn, queries: Sequence[Path], gallery: Sequence[Path], *,
 def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -> Path:
     """PNG (written atomically): one row per query, the query then its top-k matches titled
     with rank and similarity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not results:
         raise ValueError("no results to draw")
     k = max(len(r.matches) for r in results)
-    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.4 * (k + 1), 2.8 * len(results)), squeeze=False)
+    fig = new_figure((1.4 * (k + 1), 2.8 * len(results)))
+    axes = fig.subplots(len(results), k + 1, squeeze=False)
     for row, result in enumerate(results):
         cells = [(result.query, f"query\n{result.query.name}")]
         cells += [(m.path, f"#{m.rank} {m.similarity:.3f}\n{m.path.name}") for m in result.matches]
@@ -203,10 +198,7 @@ def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -
             else:
                 ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(path, fig)
 
 
 def load_embed_fn(model: str, *, tracking_uri: str, device: str | torch.device = "cpu"
