@@ -199,6 +199,39 @@ def test_register_is_idempotent_and_completes_an_interrupted_run(world, tmp_path
     assert json.loads((tmp_path / "reg-a.json").read_text())["version"] == "1"
 
 
+def test_register_refuses_an_export_that_does_not_reproduce_the_model(world, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The register stage checks the torch.export program it logs against the eager model; a
+    program that does not reproduce it (here: exported from a perturbed copy) is a
+    TrackingError naming the model file, and nothing is logged or registered."""
+    import copy
+
+    from vireid.tracking import model as tracking_model
+
+    real_export = tracking_model.export_program
+
+    def perturbed_export(model, example):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        return real_export(other, example)
+
+    stage = Stage(world, tmp_path, "unfaithful")
+    metrics = stage.evaluate(world["cfg"], world["m1"], world["s1"], "a")
+    monkeypatch.setattr(tracking_model, "export_program", perturbed_export)
+    with pytest.raises(TrackingError, match=rf"^{world['m1']}: its torch.export program .* does not reproduce "
+                                            r"its embeddings: exported embedding differs from model.embed by "):
+        stage.register(world["cfg"], world["m1"], metrics, "a")
+    assert stage.client.search_model_versions("name='unfaithful'") == []
+    experiment = stage.client.get_experiment_by_name("prov").experiment_id
+    assert stage.client.search_logged_models(experiment_ids=[experiment]) == []
+    assert not (tmp_path / "reg-a.json").exists()
+
+    monkeypatch.setattr(tracking_model, "export_program", real_export)  # the faithful program
+    assert stage.register(world["cfg"], world["m1"], metrics, "a")["version"] == "1"
+
+
 KILLER = """
 import os, signal, sys
 from mlflow import MlflowClient

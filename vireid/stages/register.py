@@ -3,7 +3,10 @@ it; alias ``champion`` moves only to a better model on the same protocol and dat
 (:mod:`vireid.tracking.registry`). Protocol and data hash come from ``metrics.json``'s
 provenance, which must be the evaluation of this very model file. Idempotent: the same model
 and evaluation give the same version and decision, and a registration killed half-way is
-completed by the next run. Writes ``outputs/register/registration.json``."""
+completed by the next run. Before the model is logged, its ``torch.export`` program (what is
+logged) is checked against the eager model's embeddings (:func:`vireid.tracking.model.check_export`):
+a program that does not reproduce them is a ``TrackingError``, nothing logged or registered.
+Writes ``outputs/register/registration.json``."""
 
 from __future__ import annotations
 
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     run_name="register")
 
     with resumed_run(target.tracking_uri, run_id):
-        model_uri = existing.source if existing is not None else log_embedder(target.tracking_uri, run_id, model, meta)
+        model_uri = existing.source if existing is not None else log_embedder(
+            target.tracking_uri, run_id, model, meta, source=str(args.model))
         record = register(target.tracking_uri, model_name=cfg.track.model_name, model_uri=model_uri,
                           run_id=run_id, protocol=protocol, headline=cfg.eval.headline, value=value,
                           data_hash=data_hash, git_commit=commit,

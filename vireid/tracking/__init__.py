@@ -3,6 +3,7 @@
 from vireid.modeling.export import ExportableEmbedder
 from vireid.tracking.model import (
     UnsafeModelError,
+    check_export,
     check_pt2_model,
     load_logged_embedder,
     log_embedder,
@@ -43,6 +44,7 @@ __all__ = [
     "TrackingError",
     "TrackingTarget",
     "UnsafeModelError",
+    "check_export",
     "check_pt2_model",
     "decide",
     "end_run",
