@@ -93,8 +93,6 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
-    import signal
-
     from vireid.tracking import server
     from vireid.tracking.store import local_store, prepare_store
 
@@ -103,25 +101,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     artifacts = local_store(Path.cwd())[1] if uri == local_store(Path.cwd())[0] else None
     cmd = server.server_command(uri, artifacts_destination=artifacts, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
-    # its own process group, so stopping stops the server and its workers (stop_server), also
-    # when this process is terminated (SIGTERM/SIGHUP) rather than interrupted from a terminal
-    proc = subprocess.Popen(cmd, env=server.server_env(os.environ), start_new_session=True)
-
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a process started in the background (or by a test runner's worker) inherits
-    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must stop the UI regardless
-    previous = {sig: signal.signal(sig, _terminate)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop_server(proc)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return server.serve(cmd, server.server_env(os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:
