@@ -83,6 +83,33 @@ def test_evaluate_refuses_other_shard_contents(world, tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_evaluate_refuses_shards_changed_after_prepare(world, tmp_path: Path) -> None:
+    """The manifest's sha256_total becomes the registry's data hash: evaluate first checks
+    that the shard files still hash to what the manifest records (ShardSet.verify)."""
+    import shutil
+
+    import pyarrow as pa
+
+    from vireid.data import DatasetError
+
+    shards = Path(shutil.copytree(world["s1"], tmp_path / "shards"))
+    manifest = ShardSet(shards).manifest
+    part = shards / manifest["splits"]["gallery"]["shards"][0]["file"]
+    table = pa.ipc.open_file(pa.BufferReader(part.read_bytes())).read_all()  # not mapped: rewritten below
+    images = table.column("image").to_pylist()
+    swapped = table.set_column(0, "image", pa.array([images[1], images[0], *images[2:]], pa.binary()))
+    with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, swapped.schema) as writer:
+        writer.write_table(swapped)  # still a valid shard, two gallery images exchanged
+    with pytest.raises(DatasetError, match=rf"^{part}: content hash differs from manifest.json"):
+        evaluate_stage.evaluate(world["cfg"], world["m1"], shards, tmp_path / "out", CPU)
+    train_part = shards / manifest["splits"]["train"]["shards"][0]["file"]
+    train_part.unlink()  # a split evaluate does not read
+    shutil.copy(world["s1"] / part.relative_to(shards), part)
+    with pytest.raises(DatasetError, match=rf"^{train_part}: shard of split 'train' listed in manifest.json is missing"):
+        evaluate_stage.evaluate(world["cfg"], world["m1"], shards, tmp_path / "out", CPU)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_evaluate_refuses_test_identities_the_model_trained_on(world, tmp_path: Path) -> None:
     """A model whose metadata lies about its trial (and has no shard hash) is still caught:
     trial 2's test identities include trial 1's training identities."""
