@@ -1,4 +1,4 @@
-"""The one record every dataset reader produces."""
+"""The one record every dataset reader produces, with its modality names and codes."""
 
 from __future__ import annotations
 

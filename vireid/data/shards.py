@@ -1,4 +1,4 @@
-"""Arrow IPC shards: the prepared, resized dataset every later stage reads.
+"""Write, read and verify Arrow IPC shards: the prepared, resized dataset every later stage reads.
 
 Layout of a shard directory::
 

@@ -1,4 +1,4 @@
-"""Synthetic SYSU-MM01 and RegDB trees: a cross-modality problem with each dataset's physics.
+"""Generate synthetic SYSU-MM01 and RegDB trees: a cross-modality problem with each one's physics.
 
 What the generator models (../shared/DATASETS.md, "Synthetic data"):
 

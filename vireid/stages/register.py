@@ -1,5 +1,6 @@
-"""DVC stage ``register``: log the trained model to the pipeline's MLflow run and register
-it; alias ``champion`` moves only to a better model on the same protocol and data
+"""DVC stage ``register``: log the trained model to the pipeline's MLflow run and register it.
+
+Alias ``champion`` moves only to a better model on the same protocol and data
 (:mod:`vireid.tracking.registry`). Protocol and data hash come from ``metrics.json``'s
 provenance, which must be the evaluation of this very model file. Idempotent: the same model
 and evaluation give the same version and decision, and a registration killed half-way is

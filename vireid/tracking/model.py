@@ -1,4 +1,6 @@
-"""The registered model: an exportable inference wrapper logged with ``mlflow.pytorch``.
+"""Log the model to MLflow as a verified ``pt2`` program, and load a logged one back safely.
+
+The registered model is an exportable inference wrapper logged with ``mlflow.pytorch``.
 
 Format decision: the model is logged as ``pt2`` (``torch.export``): no pickled code, no need
 for vireid on the loading side. MLflow 3.17 still *loads* pickled models by default

@@ -1,5 +1,7 @@
-"""Model registry: every registered model becomes a new version; alias ``champion`` moves
-only to a better model on the same protocol and the same data.
+"""Register a model: a new version, and alias ``champion`` only for a better one on the same data.
+
+Every registered model becomes a new version; alias ``champion`` moves only to a better model
+on the same protocol and the same data.
 
 **Protocol** (:func:`protocol_key`): the evaluation entry of the headline metric plus what
 else changes its numbers: ``sysu/all/single@community`` (dataset/mode/shot @ gallery
