@@ -143,12 +143,10 @@ def report(data: dict[str, Any]) -> str:
 
 def plot_curves(data: dict[str, Any], path: Path) -> Path:
     """Mean validation mAP per epoch of each configuration (one thin line per seed)."""
-    import matplotlib
+    from vireid.plotting import new_figure, save_png
 
-    matplotlib.use("Agg")  # a script: no display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = new_figure((7, 4.2))
+    ax = fig.subplots()
     for k, (name, rows) in enumerate(data["results"].items()):
         if not rows:
             continue
@@ -164,12 +162,7 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path:
     ax.set_title("Validation mAP per epoch (thin: seeds, thick: mean)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(path, fig, dpi=110)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vireid.data.sample import Modality, Sample  # noqa: E402
+from vireid.data.sysu import INFRARED_CAMERAS, VISIBLE_CAMERAS  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features, evaluate_ranking  # noqa: E402
 from vireid.evaluation.sysu import community_gallery  # noqa: E402
 from vireid.io import atomic_write_text  # noqa: E402
@@ -105,15 +106,15 @@ def sysu_data(seed: int, dim: int = DIM, n_query: int = N_QUERY, n_ids: int = N_
     """Query samples/features and a gallery pool with exactly ``n_folders`` (id, camera) folders."""
     rng = np.random.default_rng(seed)
     ids = np.arange(1, n_ids + 1)
-    folders = [(i, c) for i in ids for c in (1, 2, 4, 5)]
-    must = [(i, int(rng.choice((1, 2, 4, 5)))) for i in ids]  # every identity in the gallery
+    folders = [(i, c) for i in ids for c in VISIBLE_CAMERAS]
+    must = [(i, int(rng.choice(VISIBLE_CAMERAS))) for i in ids]  # every identity in the gallery
     rest = [f for f in folders if f not in set(must)]
     extra = rng.choice(len(rest), n_folders - len(must), replace=False)
     chosen = sorted(must + [rest[k] for k in extra])
     pool = [Sample(f"cam{c}/{i:04d}/{n:04d}.jpg", int(i), c, Modality.VISIBLE, "gallery")
             for i, c in chosen for n in range(1, int(rng.integers(*per_folder)) + 1)]
     q_ids = rng.choice(ids, n_query)
-    q_cams = rng.choice((3, 6), n_query)
+    q_cams = rng.choice(INFRARED_CAMERAS, n_query)
     query = [Sample(f"cam{c}/{i:04d}/{n:04d}.jpg", int(i), int(c), Modality.INFRARED, "query")
              for n, (i, c) in enumerate(zip(q_ids, q_cams, strict=True))]
     centres = rng.standard_normal((n_ids + 1, dim)).astype(np.float32)
@@ -203,7 +204,7 @@ def memory_child(chunk: int, n_query: int, n_gallery: int, dim: int) -> None:
     centres = rng.standard_normal((n_ids, dim), dtype=np.float32)
     q = _normalise(centres[q_pids] + 1.2 * rng.standard_normal((n_query, dim), dtype=np.float32))
     g = _normalise(centres[g_pids] + 1.2 * rng.standard_normal((n_gallery, dim), dtype=np.float32))
-    q_cams, g_cams = rng.choice((3, 6), n_query), rng.choice((1, 2, 4, 5), n_gallery)
+    q_cams, g_cams = rng.choice(INFRARED_CAMERAS, n_query), rng.choice(VISIBLE_CAMERAS, n_gallery)
     del centres
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _status_mib("VmRSS")

@@ -38,6 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vireid.config import config_from_dict, replace  # noqa: E402
+from vireid.data.sample import Modality  # noqa: E402
 from vireid.evaluation.extract import extract_features  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features  # noqa: E402
 from vireid.training.checkpoint import read_model_file  # noqa: E402
@@ -81,7 +82,7 @@ def same_modality_map(trainer: Trainer) -> float:
     identities), averaged over queries: identity features without the modality gap."""
     table = trainer.val_table
     assert table is not None
-    vis = np.flatnonzero(table.modality == 0)
+    vis = np.flatnonzero(table.modality == Modality.VISIBLE.code)
     f = extract_features(trainer.model, _eval_batches(table, trainer.cfg, vis), trainer.device, False)
     ids, cams = table.identity[vis], table.camera[vis]
     total, n = 0.0, 0

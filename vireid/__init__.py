@@ -1,1 +1,1 @@
-"""vireid: visible-infrared person re-identification."""
+"""vireid: visible-infrared person re-identification, the library of the pipeline and ``vireid``."""

@@ -9,7 +9,7 @@ Run it where ``params.yaml`` lives (or point ``--params`` at one)::
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
 
 This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
-the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.search`.
+the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.retrieval`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from vireid.data import MODALITY_CODES
 
 STAGES = ("synth", "prepare", "train", "evaluate", "register", "tune")
 
@@ -68,31 +70,29 @@ def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
-    from vireid import search
+    from vireid import retrieval
 
-    queries = search.query_paths(args.query)
-    gallery = search.list_images(args.gallery)
+    queries = retrieval.query_paths(args.query)
+    gallery = retrieval.list_images(args.gallery)
     model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
-    search.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
+    retrieval.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
-    embed, size = search.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
-    q_mod = search.MODALITIES[args.query_modality]
-    g_mod = search.MODALITIES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
-    results = search.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
+    embed, size = retrieval.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
+    q_mod = MODALITY_CODES[args.query_modality]
+    g_mod = MODALITY_CODES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
+    results = retrieval.search(embed, queries, gallery, image_size=size, query_modality=q_mod,
                             gallery_modality=g_mod, top_k=args.top_k, batch_size=args.batch_size,
                             device=args.device, on_skip=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for result in results:
         print(f"query {result.query}")
         for m in result.matches:
             print(f"  {m.rank:3d}  {m.similarity:+.4f}  {m.path}")
-    picture = search.save_picture(args.out, results)
+    picture = retrieval.save_picture(args.out, results)
     print(f"picture: {picture}")
     return 0
 
 
 def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
-    import signal
-
     from vireid.tracking import server
     from vireid.tracking.store import local_store, prepare_store
 
@@ -101,25 +101,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     artifacts = local_store(Path.cwd())[1] if uri == local_store(Path.cwd())[0] else None
     cmd = server.server_command(uri, artifacts_destination=artifacts, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
-    # its own process group, so stopping stops the server and its workers (stop_server), also
-    # when this process is terminated (SIGTERM/SIGHUP) rather than interrupted from a terminal
-    proc = subprocess.Popen(cmd, env=server.server_env(os.environ), start_new_session=True)
-
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a process started in the background (or by a test runner's worker) inherits
-    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must stop the UI regardless
-    previous = {sig: signal.signal(sig, _terminate)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop_server(proc)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return server.serve(cmd, server.server_env(os.environ))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--model", default="models:/vireid@champion",
                    help="model.pt file or MLflow model URI (default models:/vireid@champion)")
-    p.add_argument("--query-modality", choices=sorted(MODALITY_NAMES), default="infrared",
+    p.add_argument("--query-modality", choices=sorted(MODALITY_CODES), default="infrared",
                    help="modality of the query images (default infrared)")
-    p.add_argument("--gallery-modality", choices=sorted(MODALITY_NAMES), default=None,
+    p.add_argument("--gallery-modality", choices=sorted(MODALITY_CODES), default=None,
                    help="modality of the gallery images (default: the other one)")
     p.add_argument("--top-k", type=_positive, default=5, help="matches per query (default 5)")
     p.add_argument("--out", default="search.png",
@@ -166,9 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
     p.set_defaults(func=_cmd_mlflow_ui)
     return parser
-
-
-MODALITY_NAMES = ("visible", "infrared")
 
 
 def _positive(text: str) -> int:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from vireid.data.regdb import REGDB_TRIALS
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
@@ -86,7 +88,7 @@ class DataConfig:
     shard_encoding: Literal["jpeg", "raw"] = "jpeg"  # jpeg: decoded per item; raw: uint8 [3,H,W] pixels, copied out, no decode (~9x the disk)
 
     def __post_init__(self) -> None:
-        _check(1 <= self.regdb_trial <= 10, "data.regdb_trial", "must be in 1..10")
+        _check(self.regdb_trial in REGDB_TRIALS, "data.regdb_trial", "must be in 1..10")
         _check(self.holdout_identities >= 0, "data.holdout_identities", "must be >= 0")
         _check(self.image_height > 0 and self.image_height % 16 == 0, "data.image_height",
                f"{self.image_height} is not divisible by the backbone stride 16")

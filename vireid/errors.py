@@ -32,7 +32,7 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.evaluation.sysu", "GallerySamplingError", "check eval.official_perm_path and the dataset"),
     ("vireid.modeling.backbone", "PretrainedWeightsError", "see model.weights_path"),
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
-    ("vireid.search", "SearchError", "check the paths given"),
+    ("vireid.retrieval", "SearchError", "check the paths given"),
     ("vireid.tuning.run", "SearchIncomplete", "finished trials are kept"),
     ("yaml", "YAMLError", "fix the YAML syntax"),
 )

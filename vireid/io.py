@@ -1,8 +1,11 @@
-"""Atomic file output: nothing is ever left half-written.
+"""File primitives every stage shares: atomic writes and their leftovers, file hashes, scoped env.
 
-Every writer in vireid goes through these helpers: the content is written to a temporary
+Atomic output, so that nothing is ever left half-written: every writer in vireid goes through
+these helpers: the content is written to a temporary
 name in the destination folder, flushed, and renamed over the final name (an atomic
-operation on POSIX file systems). A crash leaves either the old file or the new one.
+operation on POSIX file systems). A crash leaves either the old file or the new one, and
+:func:`remove_stale_temporaries` clears what a killed writer left. Also :func:`sha256_file`
+(the one file hash) and :func:`environ_set` (an environment variable set for a block).
 """
 
 from __future__ import annotations

@@ -83,6 +83,33 @@ def test_evaluate_refuses_other_shard_contents(world, tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_evaluate_refuses_shards_changed_after_prepare(world, tmp_path: Path) -> None:
+    """The manifest's sha256_total becomes the registry's data hash: evaluate first checks
+    that the shard files still hash to what the manifest records (ShardSet.verify)."""
+    import shutil
+
+    import pyarrow as pa
+
+    from vireid.data import DatasetError
+
+    shards = Path(shutil.copytree(world["s1"], tmp_path / "shards"))
+    manifest = ShardSet(shards).manifest
+    part = shards / manifest["splits"]["gallery"]["shards"][0]["file"]
+    table = pa.ipc.open_file(pa.BufferReader(part.read_bytes())).read_all()  # not mapped: rewritten below
+    images = table.column("image").to_pylist()
+    swapped = table.set_column(0, "image", pa.array([images[1], images[0], *images[2:]], pa.binary()))
+    with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, swapped.schema) as writer:
+        writer.write_table(swapped)  # still a valid shard, two gallery images exchanged
+    with pytest.raises(DatasetError, match=rf"^{part}: content hash differs from manifest.json"):
+        evaluate_stage.evaluate(world["cfg"], world["m1"], shards, tmp_path / "out", CPU)
+    train_part = shards / manifest["splits"]["train"]["shards"][0]["file"]
+    train_part.unlink()  # a split evaluate does not read
+    shutil.copy(world["s1"] / part.relative_to(shards), part)
+    with pytest.raises(DatasetError, match=rf"^{train_part}: shard of split 'train' listed in manifest.json is missing"):
+        evaluate_stage.evaluate(world["cfg"], world["m1"], shards, tmp_path / "out", CPU)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_evaluate_refuses_test_identities_the_model_trained_on(world, tmp_path: Path) -> None:
     """A model whose metadata lies about its trial (and has no shard hash) is still caught:
     trial 2's test identities include trial 1's training identities."""
@@ -197,6 +224,39 @@ def test_register_is_idempotent_and_completes_an_interrupted_run(world, tmp_path
     assert (done["version"], done["alias"]) == ("1", "champion") and "interrupted" in done["reason"]
     assert stage.versions() == ["1"]
     assert json.loads((tmp_path / "reg-a.json").read_text())["version"] == "1"
+
+
+def test_register_refuses_an_export_that_does_not_reproduce_the_model(world, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The register stage checks the torch.export program it logs against the eager model; a
+    program that does not reproduce it (here: exported from a perturbed copy) is a
+    TrackingError naming the model file, and nothing is logged or registered."""
+    import copy
+
+    from vireid.tracking import model as tracking_model
+
+    real_export = tracking_model.export_program
+
+    def perturbed_export(model, example):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        return real_export(other, example)
+
+    stage = Stage(world, tmp_path, "unfaithful")
+    metrics = stage.evaluate(world["cfg"], world["m1"], world["s1"], "a")
+    monkeypatch.setattr(tracking_model, "export_program", perturbed_export)
+    with pytest.raises(TrackingError, match=rf"^{world['m1']}: its torch.export program .* does not reproduce "
+                                            r"its embeddings: exported embedding differs from model.embed by "):
+        stage.register(world["cfg"], world["m1"], metrics, "a")
+    assert stage.client.search_model_versions("name='unfaithful'") == []
+    experiment = stage.client.get_experiment_by_name("prov").experiment_id
+    assert stage.client.search_logged_models(experiment_ids=[experiment]) == []
+    assert not (tmp_path / "reg-a.json").exists()
+
+    monkeypatch.setattr(tracking_model, "export_program", real_export)  # the faithful program
+    assert stage.register(world["cfg"], world["m1"], metrics, "a")["version"] == "1"
 
 
 KILLER = """

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -13,8 +17,24 @@ from vireid.tracking.server import (
     server_env,
     start_server,
     stop_server,
-    wait_healthy,
 )
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's stderr when it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            pytest.fail(f"mlflow server exited with code {proc.returncode}: {err}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"mlflow server did not answer {url} within {timeout:.0f} s")
 
 
 def test_command_binds_localhost_by_default() -> None:

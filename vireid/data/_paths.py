@@ -1,4 +1,8 @@
-"""Path checks shared by the readers: nothing may point outside the dataset root."""
+"""Path rules shared by the readers: what an image file is, and nothing outside the dataset root.
+
+:data:`IMAGE_SUFFIXES` is also what ``vireid search`` takes from a query or gallery folder
+(:mod:`vireid.retrieval`, re-exported by :mod:`vireid.data`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ from pathlib import Path, PurePosixPath
 
 from vireid.data.errors import DatasetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: File name suffixes (lower case) of image files: the union of what the SYSU-MM01 reader
+#: listed (.jpg .jpeg .png .bmp) and what ``vireid search`` listed (those and .tif .tiff
+#: .webp). SYSU-MM01 ships .jpg and RegDB .bmp (its reader follows its list files, not
+#: suffixes); the rest are formats PIL decodes that a search gallery may hold. A file with one
+#: of them that does not decode is an error naming it (prepare) or skipped with a warning
+#: (a search gallery).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def check_root(root: str | os.PathLike[str]) -> Path:

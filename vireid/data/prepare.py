@@ -1,4 +1,4 @@
-"""The prepare stage: raw tree (per ``DataConfig``) -> splits -> Arrow shards."""
+"""Read, split and shard a dataset tree (prepare stage): raw tree -> splits -> Arrow shards."""
 
 from __future__ import annotations
 

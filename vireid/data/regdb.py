@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 VISIBLE_CAMERA = 1
 THERMAL_CAMERA = 2
-TRIALS = range(1, 11)
+#: RegDB's split trials (``idx/*_<trial>.txt``): one model per trial.
+REGDB_TRIALS: tuple[int, ...] = tuple(range(1, 11))
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def read_list(root: str | os.PathLike[str], list_file: str | os.PathLike[str],
 
 def read_regdb(root: str | os.PathLike[str], trial: int) -> RegDBSplits:
     """Read trial ``trial`` (1..10) of a RegDB tree; see the module docstring."""
-    if trial not in TRIALS:
+    if trial not in REGDB_TRIALS:
         raise ValueError(f"trial: must be in 1..10, got {trial}")
     root = check_root(root)
     samples: dict[tuple[str, str], list[Sample]] = {}

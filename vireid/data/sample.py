@@ -1,4 +1,4 @@
-"""The one record every dataset reader produces."""
+"""The one record every dataset reader produces, with its modality names and codes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ class Modality(StrEnum):
     @classmethod
     def from_code(cls, code: int) -> Modality:
         return cls.VISIBLE if int(code) == 0 else cls.INFRARED
+
+
+#: Modality name -> the integer code tensors, shards and the exported model carry.
+MODALITY_CODES: dict[str, int] = {m.value: m.code for m in Modality}  # {"visible": 0, "infrared": 1}
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from vireid.data.sample import MODALITY_CODES
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ class IdentityBalancedSampler:
         modalities = np.asarray(modalities, dtype=np.int64)  # [N] 0 visible, 1 infrared
         if labels.shape != modalities.shape or labels.ndim != 1:
             raise ValueError(f"labels {labels.shape} and modalities {modalities.shape} must be equal 1-D shapes")
-        if not set(np.unique(modalities).tolist()) <= {0, 1}:
+        if not set(np.unique(modalities).tolist()) <= set(MODALITY_CODES.values()):
             raise ValueError("modalities must be 0 (visible) or 1 (infrared)")
         if identities_per_batch < 1 or instances_per_modality < 1:
             raise ValueError("identities_per_batch and instances_per_modality must be >= 1")

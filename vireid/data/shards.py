@@ -1,4 +1,4 @@
-"""Arrow IPC shards: the prepared, resized dataset every later stage reads.
+"""Write, read and verify Arrow IPC shards: the prepared, resized dataset every later stage reads.
 
 Layout of a shard directory::
 
@@ -397,8 +397,21 @@ class ShardSet:
                           encoding=self.encoding, image_size=self.image_size)
 
     def verify(self) -> None:
-        """Recompute every shard's sha256; DatasetError names a file that changed."""
-        for split in self.split_names:
-            for s in self.manifest["splits"][split]["shards"]:
-                if sha256_file(self.dir / s["file"]) != s["sha256"]:
-                    raise DatasetError(self.dir / s["file"], "content hash differs from manifest.json")
+        """Recompute every shard's sha256 (:func:`verify_shards`)."""
+        verify_shards(self.dir, self.manifest)
+
+
+def verify_shards(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Check that every shard file ``manifest`` lists under ``directory`` exists and hashes to
+    its recorded sha256 (so the manifest's ``sha256_total`` is what the files hold);
+    :class:`DatasetError` names the first missing or changed file."""
+    directory = Path(directory)
+    for split, entry in manifest["splits"].items():
+        for s in entry["shards"]:
+            path = directory / s["file"]
+            if not path.is_file():
+                raise DatasetError(path, f"shard of split {split!r} listed in manifest.json is missing "
+                                         "(rerun the prepare stage)")
+            if sha256_file(path) != s["sha256"]:
+                raise DatasetError(path, "content hash differs from manifest.json: the shard changed "
+                                         "after the prepare stage wrote it (rerun the prepare stage)")

@@ -1,4 +1,4 @@
-"""Synthetic SYSU-MM01 and RegDB trees: a cross-modality problem with each dataset's physics.
+"""Generate synthetic SYSU-MM01 and RegDB trees: a cross-modality problem with each one's physics.
 
 What the generator models (../shared/DATASETS.md, "Synthetic data"):
 
@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vireid.config import ConfigError, SyntheticConfig
+from vireid.data.regdb import REGDB_TRIALS
 from vireid.data.sample import Modality
 from vireid.data.sysu import INFRARED_CAMERAS
 from vireid.io import atomic_directory
@@ -53,7 +54,6 @@ from vireid.io import atomic_directory
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90  # quality of generated SYSU images (fixed: same seed, same bytes)
-REGDB_TRIALS = range(1, 11)
 
 # label map values of the rendered person; PATTERN is the upper garment's second dye
 BG, SKIN, UPPER, LOWER, BAG, HAIR, SHOE, HAT, PATTERN = range(9)

@@ -103,7 +103,7 @@ def list_tree(root: str | os.PathLike[str]) -> dict[tuple[int, int], list[str]]:
                 index[(cam, int(id_entry.name))] = sorted(files)
             else:
                 empty.append(id_entry.name)
-        kind = "infrared" if cam in INFRARED_CAMERAS else "visible"
+        kind = camera_modality(cam).value
         if len(empty) == len(id_entries):
             log.warning("%s: %s camera folder holds no image (%d identity folders, none with an image): its "
                         "%s images are missing from every split", cam_dir, kind, len(id_entries), kind)

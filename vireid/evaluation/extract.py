@@ -15,14 +15,14 @@ from vireid.data.shards import ShardTable
 from vireid.data.transforms import test_transform
 
 
-class Embedder(Protocol):
+class SupportsEmbed(Protocol):
     """What extraction needs from a model: ``embed(x [B,3,H,W], modality [B]) -> [B,d]``."""
 
     def embed(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor: ...
 
 
 def extract_features(
-    model: Embedder,
+    model: SupportsEmbed,
     batches: Iterable[Mapping[str, torch.Tensor]],
     device: torch.device | str,
     flip: bool,

@@ -1,8 +1,9 @@
 """What an evaluation was made of, so that only comparable evaluations are compared.
 
-:func:`check_shards_for_model` refuses to test a model on shards that are not the ones its
-split was made from (another dataset, another RegDB trial -- read from the shards' manifest,
-not from the parameters --, other shard contents, or test identities it trained on).
+:func:`check_shards_for_model` refuses to test a model on shards whose files are not what their
+manifest records, or that are not the ones its split was made from (another dataset, another
+RegDB trial -- read from the shards' manifest, not from the parameters --, other shard
+contents, or test identities it trained on).
 :func:`provenance` is the ``provenance`` object of ``metrics.json``::
 
     {"model_sha256": ..,      # sha256 of the model.pt file evaluated
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from vireid.data.shards import verify_shards
 from vireid.evaluation.regdb import TrialMismatchError
 from vireid.io import sha256_file as file_sha256
 
@@ -44,14 +46,19 @@ def data_kind(manifest: Mapping[str, Any]) -> str:
 def check_shards_for_model(meta: Mapping[str, Any], manifest: Mapping[str, Any],
                            manifest_path: str | os.PathLike[str], *, model_path: str | os.PathLike[str],
                            test_identities: Iterable[int]) -> None:
-    """Refuse shards the model's split was not made from.
+    """Refuse shards that are not what their manifest says, or that the model's split was not
+    made from.
 
-    In order: the dataset; for RegDB the trial of the shards' manifest against the model's
-    (:class:`TrialMismatchError`); the shard contents (``shards_sha256`` of the model's
-    metadata against the manifest's ``sha256_total``, when the model records it); and, in any
-    case, the test identities against the model's training identities.
+    In order: every shard file against its sha256 in the manifest (:func:`verify_shards`, a
+    :class:`DatasetError` naming the file: the manifest's ``sha256_total`` is the data hash
+    the registry compares, so it must be what the files hold); the dataset; for RegDB the
+    trial of the shards' manifest against the model's (:class:`TrialMismatchError`); the
+    shard contents (``shards_sha256`` of the model's metadata against the manifest's
+    ``sha256_total``, when the model records it); and, in any case, the test identities
+    against the model's training identities.
     """
     where = Path(manifest_path)
+    verify_shards(where.parent, manifest)
     if manifest.get("dataset") != meta.get("dataset"):
         raise ShardMismatchError(f"{where}: shards of dataset {manifest.get('dataset')!r}, but "
                                  f"{model_path} was trained on {meta.get('dataset')!r}")

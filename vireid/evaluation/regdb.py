@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from vireid.data.regdb import REGDB_TRIALS
 from vireid.evaluation.metrics import (
     RankingResult,
     evaluate_features,
@@ -23,8 +24,6 @@ from vireid.evaluation.metrics import (
 
 #: Directions of the protocol and their report keys.
 REGDB_DIRECTIONS: tuple[str, ...] = ("v2t", "t2v")
-#: Split trials of RegDB.
-REGDB_TRIALS: tuple[int, ...] = tuple(range(1, 11))
 
 
 class TrialMismatchError(ValueError):

@@ -19,7 +19,6 @@ Every file is written atomically (:mod:`vireid.io`).
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from vireid.evaluation.metrics import METRIC_NAMES, summarize_trials
-from vireid.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vireid.io import atomic_write_json, atomic_write_text
+from vireid.plotting import new_figure, save_png
 
 #: Unit of every metric value in the report.
 UNITS = "percent"
@@ -126,25 +126,12 @@ def write_cmc_csv(path: str | os.PathLike[str], curves: Mapping[str, np.ndarray]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _png_bytes(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plot_cmc(path: str | os.PathLike[str], curves: Mapping[str, np.ndarray], title: str = "CMC") -> Path:
     """CMC curves (fractions in, percent on the axis) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not curves:
         raise ValueError("no curves to plot")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.subplots()
     for key, c in curves.items():
         c = np.asarray(c, dtype=np.float64) * 100.0
         ax.plot(np.arange(1, len(c) + 1), c, marker="o", markersize=3, label=f"{key} (R1 {c[0]:.1f})")
@@ -155,7 +142,7 @@ def plot_cmc(path: str | os.PathLike[str], curves: Mapping[str, np.ndarray], tit
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return atomic_write_bytes(path, _png_bytes(fig))
+    return save_png(path, fig)
 
 
 def _image(source: ImageSource, i: int) -> np.ndarray:
@@ -190,10 +177,6 @@ def plot_ranked_list(
     ``ranked[r]`` are gallery indices for query ``query_indices[r]``, ``correct[r]`` says
     which are true matches; images come from sequences or ``index -> uint8 image`` callables.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     ranked = np.atleast_2d(np.asarray(ranked))
@@ -201,7 +184,8 @@ def plot_ranked_list(
     n, k = ranked.shape
     if correct.shape != ranked.shape or len(query_indices) != n:
         raise ValueError(f"ranked {ranked.shape}, correct {correct.shape} and {len(query_indices)} queries disagree")
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.3 * (k + 1), 2.6 * n), squeeze=False)
+    fig = new_figure((1.3 * (k + 1), 2.6 * n))
+    axes = fig.subplots(n, k + 1, squeeze=False)
     for r in range(n):
         ax = axes[r, 0]
         ax.imshow(_image(query_images, int(query_indices[r])), cmap="gray")
@@ -218,4 +202,4 @@ def plot_ranked_list(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    return atomic_write_bytes(path, _png_bytes(fig))
+    return save_png(path, fig)

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from vireid.data.sample import Sample
+from vireid.data.sysu import INFRARED_CAMERAS, VISIBLE_CAMERAS
 from vireid.evaluation.metrics import (
     RankingResult,
     evaluate_features,
@@ -42,9 +43,9 @@ Shot = Literal["single", "multi"]
 SamplerName = Literal["community", "official"]
 
 #: Visible cameras the gallery is drawn from, in the reference's order.
-SYSU_GALLERY_CAMERAS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+SYSU_GALLERY_CAMERAS: dict[str, tuple[int, ...]] = {"all": VISIBLE_CAMERAS, "indoor": (1, 2)}
 #: Infrared cameras of the queries.
-SYSU_QUERY_CAMERAS: tuple[int, ...] = (3, 6)
+SYSU_QUERY_CAMERAS: tuple[int, ...] = INFRARED_CAMERAS
 #: Gallery images per (identity, camera) folder.
 SYSU_SHOT_SIZE: dict[str, int] = {"single": 1, "multi": 10}
 #: Number of gallery trials of the protocol (seeds 0..9).

@@ -2,7 +2,7 @@
 
 from vireid.modeling.backbone import PretrainedWeightsError, TwoStreamResNet, load_pretrained_state
 from vireid.modeling.export import (
-    Embedder,
+    ExportableEmbedder,
     ExportError,
     export_program,
     inference_copy,
@@ -17,8 +17,8 @@ from vireid.modeling.task import ReIDTask, TaskState, check_batch_layout
 
 __all__ = [
     "BNNeck",
-    "Embedder",
     "ExportError",
+    "ExportableEmbedder",
     "GeM",
     "MultiViewMemory",
     "PretrainedWeightsError",

@@ -1,7 +1,7 @@
 """``torch.export`` of the inference path (``VIReIDModel.embed``): the one inference wrapper.
 
 The model's own two-stream backbone routes samples with ``nonzero`` (data-dependent
-shapes, which ``torch.export`` cannot trace); :class:`Embedder` runs both stems on the whole
+shapes, which ``torch.export`` cannot trace); :class:`ExportableEmbedder` runs both stems on the whole
 batch and picks per sample with ``torch.where``: the same values in eval mode, with a
 dynamic batch size.
 """
@@ -28,7 +28,7 @@ class ExportError(RuntimeError):
     """The exported module does not reproduce the model's embeddings."""
 
 
-class Embedder(nn.Module):
+class ExportableEmbedder(nn.Module):
     """``forward(images [B,3,H,W] float, modality [B] long) -> [B,d]`` L2-normalised
     embedding, equal to ``VIReIDModel.embed`` in eval mode; ``torch.export``-able."""
 
@@ -49,9 +49,9 @@ class Embedder(nn.Module):
         return F.normalize(self.bnneck(self.pool(self.body(y))), dim=1)  # [B,d]
 
 
-def inference_copy(model: VIReIDModel) -> Embedder:
-    """An eval-mode :class:`Embedder` over a CPU copy of ``model`` (``model`` is untouched)."""
-    return Embedder(copy.deepcopy(model).cpu().eval()).eval()
+def inference_copy(model: VIReIDModel) -> ExportableEmbedder:
+    """An eval-mode :class:`ExportableEmbedder` over a CPU copy of ``model`` (``model`` is untouched)."""
+    return ExportableEmbedder(copy.deepcopy(model).cpu().eval()).eval()
 
 
 def export_program(model: VIReIDModel, example: tuple[Tensor, Tensor]) -> ExportedProgram:

@@ -1,5 +1,6 @@
-"""GPU speed-ups of the training step that leave the numerics of the method unchanged
-(up to bf16 rounding): channels_last memory format and ``torch.compile``.
+"""GPU speed-ups of the training step: channels_last memory format and ``torch.compile``.
+
+They leave the numerics of the method unchanged (up to bf16 rounding).
 
 The per-modality routing of the stems picks rows with a data-dependent ``nonzero``, which
 the compiler can only follow with dynamic shapes; so the routing stays eager and the

@@ -1,5 +1,7 @@
-"""Shared helpers of the pipeline entry points: params.yaml -> Config, logging, and
-:func:`run_entry` (expected errors as one line and exit code 2, see :mod:`vireid.errors`)."""
+"""What every stage's ``main`` shares: its parser, params.yaml -> Config, logging, cleanup.
+
+Also :func:`run_entry` (expected errors as one line and exit code 2, see :mod:`vireid.errors`).
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""DVC stage ``register``: log the trained model to the pipeline's MLflow run and register
-it; alias ``champion`` moves only to a better model on the same protocol and data
+"""DVC stage ``register``: log the trained model to the pipeline's MLflow run and register it.
+
+Alias ``champion`` moves only to a better model on the same protocol and data
 (:mod:`vireid.tracking.registry`). Protocol and data hash come from ``metrics.json``'s
 provenance, which must be the evaluation of this very model file. Idempotent: the same model
 and evaluation give the same version and decision, and a registration killed half-way is
-completed by the next run. Writes ``outputs/register/registration.json``."""
+completed by the next run. Before the model is logged, its ``torch.export`` program (what is
+logged) is checked against the eager model's embeddings (:func:`vireid.tracking.model.check_export`):
+a program that does not reproduce them is a ``TrackingError``, nothing logged or registered.
+Writes ``outputs/register/registration.json``."""
 
 from __future__ import annotations
 
@@ -33,8 +37,15 @@ from vireid.tracking import (
     resumed_run,
     start_pipeline_run,
 )
-from vireid.tracking.registry import TAG_DATA_KIND, TAG_EVAL_SHA, TAG_MODEL_SHA, find_version
+from vireid.tracking.registry import find_version
 from vireid.tracking.runs import check_recorded_run, set_tags
+from vireid.tracking.tags import (
+    TAG_DATA_KIND,
+    TAG_EVAL_SHA,
+    TAG_MODEL_SHA,
+    TAG_REGISTERED_ALIAS,
+    TAG_REGISTERED_VERSION,
+)
 from vireid.training.checkpoint import load_model
 
 log = logging.getLogger("vireid.stages.register")
@@ -103,15 +114,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     run_name="register")
 
     with resumed_run(target.tracking_uri, run_id):
-        model_uri = existing.source if existing is not None else log_embedder(target.tracking_uri, run_id, model, meta)
+        model_uri = existing.source if existing is not None else log_embedder(
+            target.tracking_uri, run_id, model, meta, source=str(args.model))
         record = register(target.tracking_uri, model_name=cfg.track.model_name, model_uri=model_uri,
                           run_id=run_id, protocol=protocol, headline=cfg.eval.headline, value=value,
                           data_hash=data_hash, git_commit=commit,
                           champion_alias=cfg.track.champion_alias,
                           challenger_alias=cfg.track.challenger_alias,
                           fingerprint=fingerprint, extra_tags={TAG_DATA_KIND: prov.get("data_kind", "unknown")})
-        set_tags(target.tracking_uri, run_id, {"registered_version": record["version"],
-                                               "registered_alias": record["alias"]})
+        set_tags(target.tracking_uri, run_id, {TAG_REGISTERED_VERSION: record["version"],
+                                               TAG_REGISTERED_ALIAS: record["alias"]})
     atomic_write_json(args.out, record)
     again = " (already registered)" if record["reused"] else ""
     print(f"registered {record['model_name']} v{record['version']} as {record['alias']}{again}: {record['reason']}")

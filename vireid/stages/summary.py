@@ -1,4 +1,4 @@
-"""After ``make run``: where the results are and how to look at them."""
+"""Print where the results of ``make run`` are and how to look at them."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """MLflow tracking and model registry of the pipeline (one run per pipeline run)."""
 
-from vireid.modeling.export import Embedder
+from vireid.modeling.export import ExportableEmbedder
 from vireid.tracking.model import (
     UnsafeModelError,
+    check_export,
     check_pt2_model,
     load_logged_embedder,
     log_embedder,
@@ -38,11 +39,12 @@ from vireid.tracking.store import (
 
 __all__ = [
     "Decision",
-    "Embedder",
+    "ExportableEmbedder",
     "MetricLogger",
     "TrackingError",
     "TrackingTarget",
     "UnsafeModelError",
+    "check_export",
     "check_pt2_model",
     "decide",
     "end_run",

@@ -1,4 +1,6 @@
-"""The registered model: an exportable inference wrapper logged with ``mlflow.pytorch``.
+"""Log the model to MLflow as a verified ``pt2`` program, and load a logged one back safely.
+
+The registered model is an exportable inference wrapper logged with ``mlflow.pytorch``.
 
 Format decision: the model is logged as ``pt2`` (``torch.export``): no pickled code, no need
 for vireid on the loading side. MLflow 3.17 still *loads* pickled models by default
@@ -14,9 +16,11 @@ folder) before deserialising anything, and loads it with pickle deserialisation 
 :func:`load_logged_embedder` (``models:/vireid@champion``) returns a module called as
 ``module(images, modality)``. (``pt2`` models with several inputs get no pyfunc flavour.)
 
-The logged module is :class:`vireid.modeling.export.Embedder` (the inference path of
+The logged module is :class:`vireid.modeling.export.ExportableEmbedder` (the inference path of
 ``VIReIDModel``, ``torch.export``-able with a dynamic batch size); MLflow runs
-``torch.export`` on it from the signature and the input example.
+``torch.export`` on it from the signature and the input example. Before anything is logged,
+:func:`check_export` exports it the same way and checks that the program reproduces the eager
+``VIReIDModel.embed`` on another batch size and both modalities (:data:`EXPORT_ATOL`).
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ import torch
 import yaml
 from torch import nn
 
+from vireid.data.sample import MODALITY_CODES
 from vireid.io import environ_set
-from vireid.modeling.export import inference_copy
+from vireid.modeling.export import ExportError, export_program, inference_copy, verify_export
 from vireid.tracking.store import TrackingError, use_tracking_uri
 
 MODEL_ARTIFACT = "model"  # name of the logged model
 INPUT_NAMES = ("images", "modality")
+#: Largest absolute difference allowed between the exported program's embeddings and the eager
+#: model's (both L2-normalised: entries in [-1, 1]; float32 CPU kernels differ by ~1e-7).
+EXPORT_ATOL = 1e-4
 
 
 def pip_requirements() -> list[str]:
@@ -74,16 +82,36 @@ def model_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "image_height": int(meta["image_height"]), "image_width": int(meta["image_width"]),
         "feat_dim": int(meta["feat_dim"]), "arch": str(meta.get("arch", "")),
-        "dataset": str(meta.get("dataset", "")), "modality_codes": {"visible": 0, "infrared": 1},
+        "dataset": str(meta.get("dataset", "")), "modality_codes": dict(MODALITY_CODES),
         "input": "images normalised with ImageNet mean/std (vireid.data.transforms.test_transform)",
     }
 
 
-def log_embedder(tracking_uri: str, run_id: str, model: nn.Module, meta: Mapping[str, Any]) -> str:
+def check_export(model: nn.Module, image_height: int, image_width: int, *, source: str = "the model",
+                 atol: float = EXPORT_ATOL) -> float:
+    """Export the inference path of ``model`` as :func:`log_embedder` logs it (``torch.export``
+    of :func:`~vireid.modeling.export.inference_copy` on :func:`example_input`, batch
+    dimension dynamic) and check that the program gives ``model.embed``'s embeddings on a
+    batch of 3 (another size than the example's, both modalities) within ``atol``; returns the
+    largest difference. :class:`TrackingError` naming ``source`` otherwise."""
+    example = tuple(torch.from_numpy(a) for a in example_input(image_height, image_width))
+    check = (torch.randn(3, 3, image_height, image_width, generator=torch.Generator().manual_seed(1)),
+             torch.tensor([1, 0, 1]))
+    try:
+        return verify_export(model, export_program(model, example), check, atol=atol)
+    except ExportError as e:
+        raise TrackingError(f"{source}: its torch.export program (the model that would be logged) does "
+                            f"not reproduce its embeddings: {e}; nothing was logged") from e
+
+
+def log_embedder(tracking_uri: str, run_id: str, model: nn.Module, meta: Mapping[str, Any], *,
+                 source: str = "the model") -> str:
     """Log the inference path of ``model`` (a ``VIReIDModel``) to run ``run_id`` as a ``pt2``
     MLflow model with signature and metadata; returns its ``models:/<model_id>`` URI.
 
     ``meta``: the checkpoint metadata (``image_height``, ``image_width``, ``feat_dim``...).
+    The exported program is checked against the eager model first (:func:`check_export`;
+    ``source``, e.g. the model file, names the model in its error).
     """
     import mlflow
 
@@ -94,6 +122,7 @@ def log_embedder(tracking_uri: str, run_id: str, model: nn.Module, meta: Mapping
         out = embedder(*(torch.from_numpy(a) for a in example))
     if tuple(out.shape) != (2, d):
         raise TrackingError(f"model embeds to {tuple(out.shape)[1:]} but meta feat_dim is {d}")
+    check_export(model, h, w, source=source)
     with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = mlflow.pytorch.log_model(
             embedder, name=MODEL_ARTIFACT, signature=signature(h, w, d), input_example=example,

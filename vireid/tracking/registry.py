@@ -1,5 +1,7 @@
-"""Model registry: every registered model becomes a new version; alias ``champion`` moves
-only to a better model on the same protocol and the same data.
+"""Register a model: a new version, and alias ``champion`` only for a better one on the same data.
+
+Every registered model becomes a new version; alias ``champion`` moves only to a better model
+on the same protocol and the same data.
 
 **Protocol** (:func:`protocol_key`): the evaluation entry of the headline metric plus what
 else changes its numbers: ``sysu/all/single@community`` (dataset/mode/shot @ gallery
@@ -37,19 +39,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from vireid.tracking.store import client, use_tracking_uri
-
-# model version tags
-TAG_PROTOCOL = "protocol"
-TAG_HEADLINE = "headline"
-TAG_VALUE = "headline_value"
-TAG_DATA_HASH = "data_hash"
-TAG_GIT_COMMIT = "git_commit"
-TAG_RUN_ID = "run_id"
-TAG_DECISION = "decision"
-TAG_REASON = "reason"
-TAG_MODEL_SHA = "model_sha256"
-TAG_EVAL_SHA = "eval_sha256"
-TAG_DATA_KIND = "data_kind"
+from vireid.tracking.tags import (
+    TAG_DATA_HASH,
+    TAG_DECISION,
+    TAG_GIT_COMMIT,
+    TAG_HEADLINE,
+    TAG_PROTOCOL,
+    TAG_REASON,
+    TAG_RUN_ID,
+    TAG_VALUE,
+)
 
 
 def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community",

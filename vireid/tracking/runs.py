@@ -27,13 +27,15 @@ from vireid.tracking.store import (
     local_path,
     local_store,
 )
+from vireid.tracking.tags import (
+    MLFLOW_GIT_COMMIT,
+    TAG_DATA_HASH,
+    TAG_DATASET,
+    TAG_GIT_COMMIT,
+    TAG_PROTOCOL,
+)
 
 RUN_RECORD_FORMAT = "vireid-mlflow-run/1"
-# tag names set on every pipeline run
-TAG_GIT_COMMIT = "git_commit"
-TAG_DATA_HASH = "data_hash"
-TAG_DATASET = "dataset"
-TAG_PROTOCOL = "protocol"
 _MAX_PARAMS = 100  # MLflow's limit of params (and tags) per log_batch
 _MAX_METRICS = 1000  # MLflow's limit of metrics per log_batch
 _MAX_KEY = 250
@@ -103,7 +105,7 @@ def _tags(git_commit: str, data_hash: str, dataset: str, protocol: str,
     tags = {TAG_GIT_COMMIT: git_commit, TAG_DATA_HASH: data_hash, TAG_DATASET: dataset,
             TAG_PROTOCOL: protocol}
     if git_commit:
-        tags["mlflow.source.git.commit"] = git_commit  # shown by the MLflow UI
+        tags[MLFLOW_GIT_COMMIT] = git_commit  # shown by the MLflow UI
     tags.update(extra or {})
     return {k: str(v) for k, v in tags.items()}
 

@@ -1,18 +1,18 @@
-"""A local MLflow UI/tracking server over the pipeline's store (``vireid mlflow-ui``).
+"""Run a local MLflow UI/tracking server over the pipeline's store (``vireid mlflow-ui``).
 
 Binds 127.0.0.1 unless another host is asked for: the server has no authentication, so
-exposing it (``--host 0.0.0.0``) is a deliberate choice of the caller.
+exposing it (``--host 0.0.0.0``) is a deliberate choice of the caller. The server runs in its
+own process group (:func:`start_server`), so :func:`stop_server` stops its workers too;
+:func:`serve` runs it in the foreground until it exits or this process is stopped.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 
 DEFAULT_HOST = "127.0.0.1"
@@ -45,28 +45,39 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start the server in its own process group (so :func:`stop_server` stops its workers)."""
+def start_server(cmd: Sequence[str], env: Mapping[str, str] | None = None, *,
+                 capture: bool = True) -> subprocess.Popen[bytes]:
+    """Start the server in its own process group (so :func:`stop_server` stops its workers).
+
+    ``capture``: stdout discarded, stderr piped (for the caller to read when it fails);
+    ``False``: both go where this process's go (the server's log on the terminal).
+    """
     return subprocess.Popen(list(cmd), env=None if env is None else dict(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL if capture else None,
+                            stderr=subprocess.PIPE if capture else None, start_new_session=True)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
-    """Poll ``url`` (``http://127.0.0.1:PORT/health``) until it answers 200; raise
-    RuntimeError with the server's stderr when it exits or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}: {err}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"mlflow server did not answer {url} within {timeout:.0f} s")
+def serve(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run the server in the foreground (its log on this terminal) until it exits or this
+    process gets SIGINT, SIGTERM or SIGHUP; its process group is stopped either way. Returns
+    the server's exit code, 0 when stopped by a signal."""
+    proc = start_server(cmd, env, capture=False)
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a process started in the background (or by a test runner's worker) inherits
+    # SIGINT ignored, and Python then leaves it ignored; Ctrl-C must stop the server regardless.
+    # SIGTERM/SIGHUP: a supervisor (or a closed terminal) stopping this process stops the server.
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_server(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -1,13 +1,13 @@
-"""Cross-modality image search: query image(s) against a gallery folder, ranked by cosine.
+"""Cross-modality image retrieval (``vireid search``): rank a gallery folder for query images.
 
-Pure functions over what is handed in: image paths, an embedding function
-``embed(images [B,3,H,W] float, modality [B] long) -> [B,d]`` and the model's image size.
+Ranking is by cosine similarity of the embeddings. Pure functions over what is handed in:
+image paths, an embedding function ``embed(images [B,3,H,W] float, modality [B] long) -> [B,d]``
+and the model's image size.
 :func:`load_embed_fn` turns a ``model.pt`` path or an MLflow model URI into that triple.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vireid.io import atomic_write_bytes
+from vireid.data import IMAGE_SUFFIXES, MODALITY_CODES
+from vireid.plotting import new_figure, save_png
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MODALITIES = {"visible": 0, "infrared": 1}
 EmbedFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -141,7 +140,7 @@ def preprocess(images: Sequence[Tensor], image_height: int, image_width: int) ->
 def embed_images(embed: EmbedFn, images: Tensor, modality: int, batch_size: int = 64,
                  device: str | torch.device = "cpu") -> Tensor:
     """Embeddings ``[N,d]`` (float32, CPU, L2-normalised) of preprocessed ``images``."""
-    if modality not in (0, 1):
+    if modality not in MODALITY_CODES.values():
         raise ValueError(f"modality must be 0 (visible) or 1 (infrared), got {modality}")
     out = []
     for i in range(0, len(images), batch_size):
@@ -181,15 +180,11 @@ def search(embed: EmbedFn, queries: Sequence[Path], gallery: Sequence[Path], *,
 def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -> Path:
     """PNG (written atomically): one row per query, the query then its top-k matches titled
     with rank and similarity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not results:
         raise ValueError("no results to draw")
     k = max(len(r.matches) for r in results)
-    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.4 * (k + 1), 2.8 * len(results)), squeeze=False)
+    fig = new_figure((1.4 * (k + 1), 2.8 * len(results)))
+    axes = fig.subplots(len(results), k + 1, squeeze=False)
     for row, result in enumerate(results):
         cells = [(result.query, f"query\n{result.query.name}")]
         cells += [(m.path, f"#{m.rank} {m.similarity:.3f}\n{m.path.name}") for m in result.matches]
@@ -203,10 +198,7 @@ def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -
             else:
                 ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(path, fig)
 
 
 def load_embed_fn(model: str, *, tracking_uri: str, device: str | torch.device = "cpu"

@@ -1,4 +1,5 @@
-"""Image search: ranking, the CLI on generated images, error messages naming the path."""
+"""Image retrieval (:mod:`vireid.retrieval`, ``vireid search``): ranking, the CLI on generated
+images, error messages naming the path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from vireid.cli import main
-from vireid.search import SearchError, list_images, rank, read_image
+from vireid.retrieval import SearchError, list_images, rank, read_image
 
 
 def _write(path: Path, seed: int, size: tuple[int, int] = (40, 20)) -> Path:

@@ -1,0 +1,41 @@
+"""Names of the MLflow tags vireid sets: on pipeline runs, registered model versions, tune runs.
+
+Every tag name is defined here once; the modules that set or read a tag import its name.
+"""
+
+from __future__ import annotations
+
+# --- MLflow's own tags ------------------------------------------------------------------
+#: The commit shown by the MLflow UI (set beside :data:`TAG_GIT_COMMIT`).
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+#: Nests a run under its parent in the MLflow UI (the tune stage's trial runs).
+MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+
+# --- tags of a pipeline run (vireid.tracking.runs.start_pipeline_run) -----------------
+TAG_GIT_COMMIT = "git_commit"
+TAG_DATA_HASH = "data_hash"  # the shards' sha256_total
+TAG_DATASET = "dataset"
+TAG_PROTOCOL = "protocol"  # vireid.tracking.registry.protocol_key
+#: Prefix of the evaluate stage's provenance tags: ``eval.<provenance key>``.
+TAG_EVAL_PREFIX = "eval."
+#: The register stage's outcome on the run.
+TAG_REGISTERED_VERSION = "registered_version"
+TAG_REGISTERED_ALIAS = "registered_alias"
+
+# --- tags of a registered model version (vireid.tracking.registry) ---------------------
+# also TAG_PROTOCOL, TAG_DATA_HASH and TAG_GIT_COMMIT, as on the run
+TAG_HEADLINE = "headline"
+TAG_VALUE = "headline_value"
+TAG_RUN_ID = "run_id"
+TAG_DECISION = "decision"  # champion | challenger; written last: the registration is complete
+TAG_REASON = "reason"
+TAG_MODEL_SHA = "model_sha256"  # the registered model.pt (idempotence fingerprint)
+TAG_EVAL_SHA = "eval_sha256"  # its metrics.json (idempotence fingerprint)
+TAG_DATA_KIND = "data_kind"  # synthetic | real | unknown
+
+# --- tags of the tune stage's runs (vireid.tuning.search) -------------------------------
+TAG_TUNE_EXPERIMENT = "vireid.tune_experiment"
+TAG_TUNE_ROLE = "vireid.role"  # tune-parent | tune-trial
+TAG_TUNE_TRIAL = "vireid.tune_trial_id"
+#: Prefix of the best trial's values on the tune parent run: ``best.memory_size``, ``best.temperature``.
+TAG_BEST_PREFIX = "best."
