@@ -3,7 +3,6 @@ code reads, its code deps are the files it imports (README promises both)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import subprocess
@@ -20,27 +19,37 @@ DVC = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 STAGES = sorted(DVC)
 
 
-def _named_modules(path: Path) -> set[str]:
-    """Every ``vireid``/``pipelines`` module an ``import`` anywhere in ``path`` names (also the
-    imports inside functions, which run only when the stage does)."""
+_CLOSURE = """
+import ast, importlib, json, sys
+from pathlib import Path
+
+def named(path):
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("vireid", "pipelines"):
             names.add(node.module)
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.split(".")[0] in ("vireid", "pipelines"))
     return names
 
+todo, seen = {sys.argv[1]}, set()
+while todo:
+    name = todo.pop()
+    seen.add(name)
+    module = importlib.import_module(name)
+    for loaded in list(sys.modules.values()):  # what importing it loaded, and the imports inside its functions
+        f = getattr(loaded, "__file__", None) or ""
+        if loaded.__name__.split(".")[0] in ("vireid", "pipelines") and f.endswith(".py"):
+            todo |= named(f) - seen
+print(json.dumps(sorted(getattr(m, "__file__", None) or "" for m in list(sys.modules.values()))))
+"""
+
 
 def imported_files(stage: str) -> set[str]:
-    """Repository files loaded by importing the stage's entry point and every project module
-    its entry point and library module name (repository-relative paths)."""
-    modules = {f"pipelines.{stage}"} | _named_modules(REPO / "pipelines" / f"{stage}.py") \
-        | _named_modules(REPO / "vireid" / "stages" / f"{stage}.py")
-    code = ("import importlib, json, sys\n"
-            f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values()))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+    """Repository files the stage's entry point loads, also through the imports inside
+    functions (which run only when the stage does), followed through every project module."""
+    out = subprocess.run([sys.executable, "-c", _CLOSURE, f"pipelines.{stage}"], cwd=REPO, capture_output=True,
+                         text=True, check=True,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
     files = json.loads(out.stdout.splitlines()[-1])
     return {str(Path(f).resolve().relative_to(REPO)) for f in files
@@ -158,3 +167,10 @@ def check_reads(stage: str, read: set[str], only_other_branches: set[str] = froz
     assert not unlisted, f"stage {stage} reads params dvc.yaml does not list: {unlisted}"
     unread = sorted(p for p in listed if not any(_covers(k, [p]) for k in read) and p not in only_other_branches)
     assert not unread, f"dvc.yaml lists params stage {stage} does not read: {unread}"
+
+
+def test_tune_lists_what_its_trials_read() -> None:
+    """A tune trial is the train stage's run with S, T and the epochs replaced, plus the search:
+    its params are the train stage's and the tune section (the train stage's are checked by
+    tests/training/test_dvc_params.py)."""
+    assert set(_listed("tune")) == set(_listed("train")) | {"tune"}

@@ -136,18 +136,30 @@ def preprocess(images: Sequence[Tensor], image_height: int, image_width: int) ->
     return torch.stack([t(img) for img in images])
 
 
-@torch.inference_mode()
+class _NormalisedEmbed:
+    """An :data:`EmbedFn` as :func:`vireid.evaluation.extract.extract_features` takes it:
+    ``embed(x, modality)`` L2-normalised (an MLflow model's output need not be)."""
+
+    def __init__(self, embed: EmbedFn) -> None:
+        self.fn = embed
+
+    def embed(self, x: Tensor, modality: Tensor) -> Tensor:
+        return F.normalize(self.fn(x, modality).float(), dim=1)
+
+
 def embed_images(embed: EmbedFn, images: Tensor, modality: int, batch_size: int = 64,
                  device: str | torch.device = "cpu") -> Tensor:
-    """Embeddings ``[N,d]`` (float32, CPU, L2-normalised) of preprocessed ``images``."""
+    """Embeddings ``[N,d]`` (float32, CPU, L2-normalised) of preprocessed ``images``, through
+    the evaluation's extraction path (:func:`vireid.evaluation.extract.extract_features`)."""
+    from vireid.evaluation.extract import extract_features
+
     if modality not in MODALITY_CODES.values():
         raise ValueError(f"modality must be 0 (visible) or 1 (infrared), got {modality}")
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        m = torch.full((len(x),), modality, dtype=torch.long, device=device)
-        out.append(F.normalize(embed(x, m).float(), dim=1).cpu())
-    return torch.cat(out)
+    batches = ({"image": images[i:i + batch_size],
+                "modality": torch.full((len(images[i:i + batch_size]),), modality, dtype=torch.long),
+                "index": torch.arange(i, min(i + batch_size, len(images)))}
+               for i in range(0, len(images), batch_size))
+    return torch.from_numpy(extract_features(_NormalisedEmbed(embed), batches, device, flip=False))
 
 
 def rank(query: Tensor, gallery: Tensor, top_k: int) -> tuple[Tensor, Tensor]:

@@ -86,7 +86,7 @@ class _Rows(Dataset[dict[str, Any]]):
         return {"image": item["image"], "modality": item["modality"], "index": k}
 
 
-def table_features(model: Embedder, table: ShardTable, *, image_size: tuple[int, int],
+def table_features(model: SupportsEmbed, table: ShardTable, *, image_size: tuple[int, int],
                    device: torch.device | str, batch_size: int, flip: bool,
                    rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Float32 ``[N, d]`` features of the rows ``rows`` of ``table`` (all rows when None), in

@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             resumed_run,
         )
         from vireid.tracking.runs import check_recorded_run, set_tags
+        from vireid.tracking.tags import TAG_EVAL_PREFIX
 
         target = resolve_target(cfg.track, Path.cwd())
         run_id = check_recorded_run(read_run_record(args.run_file), args.run_file, target, Path.cwd())
         uri = target.tracking_uri
         with resumed_run(uri, run_id):
             log_metrics_json(uri, run_id, {k: v for k, v in metrics.items() if k != PROVENANCE_KEY})
-            set_tags(uri, run_id, {f"eval.{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
+            set_tags(uri, run_id, {f"{TAG_EVAL_PREFIX}{k}": v for k, v in metrics[PROVENANCE_KEY].items()})
             log_plots(uri, run_id, [out / "cmc.png", out / "ranked_list.png"])
     headline = metrics.get(cfg.eval.headline)
     print(f"{cfg.eval.headline} = {headline:.2f} % ({metrics['units']}); metrics in {out / 'metrics.json'}")

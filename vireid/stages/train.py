@@ -62,6 +62,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     clean_stale_temporaries(*(out / name for name in ("model.pt", "train_summary.json", "history.csv",
                                                       "mlflow_run.json")))
     shards = ShardSet(args.shards)
+    shards.verify()  # its hash is recorded as the run's and the model's data hash
     target = resolve_target(cfg.track, repo)
     run_id = start_pipeline_run(
         target, config=config_to_dict(cfg), git_commit=git_commit(repo),

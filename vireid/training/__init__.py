@@ -7,25 +7,5 @@
   (imported on demand: it imports Ray).
 """
 
-from vireid.training.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
-    load_model,
-    load_train_state,
-    read_model_file,
-    save_model,
-)
-from vireid.training.schedule import build_optimizer, build_scheduler, lr_factor, param_groups
-
-__all__ = [
-    "CheckpointError",
-    "CheckpointMismatchError",
-    "build_optimizer",
-    "build_scheduler",
-    "load_model",
-    "load_train_state",
-    "lr_factor",
-    "param_groups",
-    "read_model_file",
-    "save_model",
-]
+# No re-exports: importing one module (e.g. the register stage's provenance check) must not
+# load the whole package (dvc.yaml lists exactly the files a stage imports).

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from vireid.config import Config, config_to_dict
 from vireid.data.batch_augment import BatchAugment
 from vireid.data.loader import ShardImageDataset
+from vireid.data.sample import Modality
 from vireid.data.sampler import IdentityBalancedSampler
 from vireid.data.shards import ShardSet, ShardTable
 from vireid.data.transforms import train_transform
@@ -285,8 +286,8 @@ def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.d
 
     ``val_*``: infrared query -> visible gallery; ``val_v2i_*``: visible -> infrared.
     """
-    vis = np.flatnonzero(table.modality == 0)
-    ir = np.flatnonzero(table.modality == 1)
+    vis = np.flatnonzero(table.modality == Modality.VISIBLE.code)
+    ir = np.flatnonzero(table.modality == Modality.INFRARED.code)
     if len(vis) == 0 or len(ir) == 0:
         raise ValueError("validation split needs visible and infrared images")
     size = (cfg.data.image_height, cfg.data.image_width)

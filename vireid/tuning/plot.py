@@ -9,14 +9,13 @@ from typing import Any
 def plot(summary: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> bytes:
     """PNG: val_mAP per epoch of every trial (early-stopped dashed, best thick) and the
     trials' S/T scatter coloured by final val_mAP."""
-    import io
-
     import matplotlib.ticker
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+
+    from vireid.plotting import new_figure, png_bytes
 
     rows = {r["trial_id"]: r for r in summary["trials"]}
     best_id = summary["best"]["trial_id"] if summary["best"] else None
-    fig = Figure(figsize=(11, 4.2))
+    fig = new_figure((11, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     for t in trials:
         r = rows[t["trial_id"]]
@@ -52,6 +51,4 @@ def plot(summary: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> byt
     ax2.set_ylabel("temperature T")
     ax2.set_title("trials (size: epochs run; red edge: best)", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)

@@ -16,15 +16,21 @@ import ray.tune
 
 from vireid.config import Config, config_to_dict
 from vireid.tracking.store import TrackingTarget, client, ensure_experiment
+from vireid.tracking.tags import (
+    MLFLOW_PARENT_RUN,
+    TAG_BEST_PREFIX,
+    TAG_TUNE_EXPERIMENT,
+    TAG_TUNE_ROLE,
+    TAG_TUNE_TRIAL,
+)
 from vireid.tuning.space import TIME_ATTR
 
 log = logging.getLogger(__name__)
 
 
-TAG_EXPERIMENT = "vireid.tune_experiment"
-TAG_ROLE = "vireid.role"
-TAG_TRIAL = "vireid.tune_trial_id"
-PARENT_TAG = "mlflow.parentRunId"
+# the tag names (vireid.tracking.tags), under the names this module's callers know
+PARENT_TAG, TAG_EXPERIMENT, TAG_ROLE, TAG_TRIAL = (MLFLOW_PARENT_RUN, TAG_TUNE_EXPERIMENT, TAG_TUNE_ROLE,
+                                                   TAG_TUNE_TRIAL)
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,8 @@ def finish_parent(track: Tracking, summary: Mapping[str, Any], out_dir: str | Pa
                                        "trial_epochs_full", "trial_epochs_saved")}
     if summary["best"]:
         metrics["best_val_mAP"] = summary["best"]["val_mAP"]
-        c.set_tag(track.parent_run_id, "best.memory_size", str(summary["best"]["memory_size"]))
-        c.set_tag(track.parent_run_id, "best.temperature", repr(summary["best"]["temperature"]))
+        c.set_tag(track.parent_run_id, f"{TAG_BEST_PREFIX}memory_size", str(summary["best"]["memory_size"]))
+        c.set_tag(track.parent_run_id, f"{TAG_BEST_PREFIX}temperature", repr(summary["best"]["temperature"]))
     for k, v in metrics.items():
         c.log_metric(track.parent_run_id, k, float(v))
     for f in ("best_params.yaml", "summary.json", "tune.png"):
