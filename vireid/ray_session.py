@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 
@@ -33,6 +35,34 @@ def storage_location(storage: str, base: str | os.PathLike[str], *parts: str) ->
         return "/".join([storage.rstrip("/"), *parts])
     root = Path(storage) if Path(storage).is_absolute() else Path(base) / storage
     return str(root.joinpath(*parts).resolve())
+
+
+def ray_storage(location: str, environ: Mapping[str, str]) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray's ``RunConfig`` from a storage location.
+
+    A local folder or a ``gs://`` URI: Ray's own resolution (``None`` filesystem). An
+    ``s3://bucket/prefix`` URI: a pyarrow S3 filesystem built from the standard variables in
+    ``environ`` (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, and
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for an S3-compatible server, which
+    pyarrow does not read itself), with the path ``bucket/prefix`` as Ray wants it then.
+    """
+    parts = urlsplit(location)
+    if parts.scheme != "s3":
+        return location, None
+    import pyarrow.fs
+
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or ""
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        e = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=e.netloc, scheme=e.scheme or "https")
+    if environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(access_key=environ["AWS_ACCESS_KEY_ID"], secret_key=environ.get("AWS_SECRET_ACCESS_KEY", ""),
+                      session_token=environ.get("AWS_SESSION_TOKEN") or None)
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
 
 
 def start_local_ray(num_cpus: int, num_gpus: int = 0, object_store_mb: int = 256) -> str:

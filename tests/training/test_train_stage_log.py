@@ -22,7 +22,7 @@ NOISE = "Failed to query Ray Train Controller actor state"
 
 def test_short_train_stage_log_is_clean_and_checkpoints_go_to_train_storage(tiny_shards, tmp_path: Path) -> None:
     shards, cfg = tiny_shards
-    plain = config_to_dict(tiny_config(Path(cfg.data.root), epochs=1, iters_per_epoch=2, validate_every=1))
+    plain = config_to_dict(tiny_config(Path(cfg.data.root), epochs=2, iters_per_epoch=2, validate_every=2))
     plain["train"]["storage"] = "runs"  # relative: below the project folder (the working directory)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(plain), encoding="utf-8")
@@ -34,7 +34,7 @@ def test_short_train_stage_log_is_clean_and_checkpoints_go_to_train_storage(tiny
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
-    assert "trained 1 epochs" in proc.stdout
+    assert "trained 2 epochs" in proc.stdout
     assert NOISE not in output, [ln for ln in output.splitlines() if NOISE in ln][:3]
     runs = list((tmp_path / "runs" / "train").glob("train-*"))
     assert len(runs) == 1 and list(runs[0].glob("checkpoint_*")), sorted(tmp_path.rglob("*"))[:20]

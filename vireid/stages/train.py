@@ -14,6 +14,7 @@ must be a server every node reaches (``track.tracking_uri: http://...``).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from vireid.config import config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.io import atomic_write_json
 from vireid.modeling.backbone import load_pretrained_state
-from vireid.ray_session import storage_location
+from vireid.ray_session import ray_storage, storage_location
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -70,7 +71,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         protocol="", run_name="pipeline")
     log.info("MLflow run %s in %s", run_id, target.tracking_uri)
     try:
-        summary = fit(cfg, Path(args.shards), Path(args.out), storage_location(cfg.train.storage, repo, "train"),
+        storage, filesystem = ray_storage(storage_location(cfg.train.storage, repo, "train"), os.environ)
+        summary = fit(cfg, Path(args.shards), Path(args.out), storage, storage_filesystem=filesystem,
                       tracking={"tracking_uri": target.tracking_uri, "run_id": run_id})
         for record in summary["history"]:  # per-epoch means and validation, step = epoch
             log_metrics(target.tracking_uri, run_id,

@@ -16,10 +16,11 @@ trials need.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from vireid.ray_session import storage_location
+from vireid.ray_session import ray_storage, storage_location
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -49,8 +50,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     setup_logging()
     cfg = load_config(args.params)
     clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
-    storage = storage_location(cfg.train.storage, Path.cwd(), "tune")
-    summary = run_search(cfg, Path(args.shards), storage, Path(args.out),
+    storage, filesystem = ray_storage(storage_location(cfg.train.storage, Path.cwd(), "tune"), os.environ)
+    summary = run_search(cfg, Path(args.shards), storage, Path(args.out), storage_filesystem=filesystem,
                          tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus)
     best = summary["best"]
     log.info("tune: %d trials, %d stopped early by ASHA, %d of %d trial-epochs used; best S=%s "

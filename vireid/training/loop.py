@@ -1,4 +1,4 @@
-"""The per-epoch training work, usable with or without Ray.
+"""The Trainer: one rank's epochs (batches, step, validation, selection, state), with or without Ray.
 
 Building blocks are plain functions (:func:`build_train_loader`, :func:`train_one_epoch`,
 :func:`validate`); :class:`Trainer` ties them into epochs with model selection and
@@ -353,7 +353,7 @@ class Trainer:
         if is_distributed() if data_parallel is None else data_parallel:
             self.forward = DistributedDataParallel(
                 self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+                forward_sync_buffers=False)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.loader, self.sampler = build_train_loader(self.train_table, cfg, rank, world_size)

@@ -156,11 +156,13 @@ def build_trainer(
     fault: dict | None = None,
     tracking: dict | None = None,
     num_to_keep: int = 2,
+    storage_filesystem: Any = None,
 ) -> TorchTrainer:
     """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
 
     ``storage_path``: a local folder (made absolute: Ray requires it) or a URI
-    (:func:`vireid.ray_session.storage_location`). ``fault`` and ``tracking``: see
+    (:func:`vireid.ray_session.storage_location`); with ``storage_filesystem`` (a pyarrow
+    filesystem, :func:`vireid.ray_session.ray_storage`) a path on it. ``fault`` and ``tracking``: see
     :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept.
     """
     t = cfg.train
@@ -176,7 +178,9 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            storage_path=storage_location(str(storage_path), Path.cwd()),
+            storage_path=(str(storage_path) if storage_filesystem is not None
+                          else storage_location(str(storage_path), Path.cwd())),
+            storage_filesystem=storage_filesystem,
             name=name,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
@@ -214,6 +218,7 @@ def fit(
     fault: dict | None = None,
     tracking: dict | None = None,
     object_store_mb: int = 256,
+    storage_filesystem: Any = None,
 ) -> dict[str, Any]:
     """Train with Ray Train and export the result; return the training summary.
 
@@ -235,8 +240,8 @@ def fit(
                 f"cluster of train.ray_address has {alive_nodes()} nodes whose workers log to it; use an "
                 "MLflow server every node reaches (http://...; infra/README.md)")
         t0 = time.perf_counter()
-        result = build_trainer(cfg, shards_dir, storage_path, name, callbacks=callbacks,
-                               fault=fault, tracking=tracking).fit()
+        result = build_trainer(cfg, shards_dir, storage_path, name, callbacks=callbacks, fault=fault,
+                               tracking=tracking, storage_filesystem=storage_filesystem).fit()
         wall = time.perf_counter() - t0
     if result.error is not None:
         raise result.error

@@ -83,7 +83,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
         nesterov=cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
         fused=True if cuda else None,
-        foreach=None if cuda else True,
+        foreach=None,
     )
 
 

