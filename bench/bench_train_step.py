@@ -50,7 +50,7 @@ VARIANTS = {
 def make_shards(root: Path, height: int, width: int, identities: int) -> Path:
     """A generated SYSU-layout shard set (train split only matters here)."""
     synth = SyntheticConfig(seed=0, sysu_identities=identities, sysu_images_per_camera=4,
-                            sysu_val_fraction=0.0, sysu_test_fraction=0.1,
+                            sysu_val_fraction=0.05, sysu_test_fraction=0.1,
                             image_height=height, image_width=width)
     plain = config_to_dict(Config())
     plain["data"].update(root=str(root / "raw"), synth=config_to_dict(synth), holdout_identities=0,

@@ -56,14 +56,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("eval", ("bench/bench_eval.py",)),
     # docs "Data preparation": about 13 min at load 8-10, roughly a third of that when idle.
     Benchmark("prepare", ("bench/bench_prepare.py",)),
-    # docs "Training step on a GPU (H100)"; the documented command writes no JSON, so the
-    # runner adds one (the committed gpu_train_step_h100*.json are earlier runs' output).
+    # docs "Training step on a GPU (H100)": the Trainer-based benchmark's GPU command (the
+    # figures there came from the earlier standalone benchmark).
     Benchmark("gpu_train_step", (
         "bench/bench_train_step.py", "--device", "cuda", "--arch", "resnet50",
-        "--height", "288", "--width", "144", "--P", "8", "--K", "4", "--classes", "395",
-        "--steps", "60", "--warmup", "10", "--flops", "--methods", "baseline,full",
-        "--variants", "fp32,bf16cl,graphs,graphs_task",
-        "--json", "bench/results/gpu_train_step.json",
+        "--height", "288", "--width", "144", "--P", "8", "--K", "4", "--identities", "96",
+        "--steps", "60", "--loader-workers", "8", "--flops", "--count-syncs",
+        "--methods", "baseline,full", "--variants", "fp32,bf16,bf16cl,fast",
+        "--json", "bench/results/gpu_train_step_trainer.json",
     ), needs_gpu=True),
     # docs "Loader throughput" (loader.json) and "Raw shards" (loader_raw.json): one command,
     # one run measures all five paths; 65 s wall on the idle machine.
@@ -71,12 +71,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench/bench_loader.py", "--images", "512", "--source-height", "512",
         "--source-width", "256", "--demand", "2709", "--json", "bench/results/loader_raw.json",
     )),
-    # docs "Training step on the CPU": 4 x (40 + 5) steps of about 0.5 s, about 2 min.
+    # docs "Training step through the Trainer": every train.* switch and DDP with one gloo
+    # worker, both methods, 2 x 20 steps each; about 8 min on the idle 2-core machine.
     Benchmark("cpu_train_step", (
-        "bench/bench_train_step.py", "--device", "cpu", "--arch", "resnet18",
-        "--height", "64", "--width", "32", "--steps", "40", "--warmup", "5",
-        "--methods", "baseline,full,full,baseline", "--variants", "fp32",
-        "--json", "bench/results/cpu_train_step.json",
+        "bench/bench_train_step.py", "--device", "cpu", "--steps", "20",
+        "--variants", "fp32,bf16,cl,compiled", "--ddp-overhead",
+        "--json", "bench/results/cpu_train_step_trainer.json",
     )),
     # docs "Ray Train overhead on the CPU": runs of 92 + 197 + 174 + 95 s wall, about 10 min.
     # Ray must not restart its workers through `uv run` (the Makefile exports the same).
