@@ -58,7 +58,7 @@ class SeaweedS3:
         self.proc = subprocess.Popen(
             [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-             f"-filer.port={ports['filer']}", "-volume.max=4", "-master.volumeSizeLimitMB=64",
+             f"-filer.port={ports['filer']}", "-volume.max=32", "-master.volumeSizeLimitMB=32",  # a collection grows 7 volumes at once
              "-s3", f"-s3.port={self.port}", f"-s3.config={config}"],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.endpoint = f"http://127.0.0.1:{self.port}"
