@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vireid.config import config_from_dict, replace  # noqa: E402
 from vireid.data.sample import Modality  # noqa: E402
-from vireid.evaluation.extract import extract_features  # noqa: E402
+from vireid.evaluation.extract import table_features  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features  # noqa: E402
 from vireid.training.checkpoint import read_model_file  # noqa: E402
-from vireid.training.loop import Trainer, _eval_batches, validate  # noqa: E402
+from vireid.training.loop import VAL_BATCH_SIZE, VAL_FLIP, Trainer, validate  # noqa: E402
 
 
 def shared_parameters(trainer: Trainer) -> list[torch.nn.Parameter]:
@@ -83,7 +83,8 @@ def same_modality_map(trainer: Trainer) -> float:
     table = trainer.val_table
     assert table is not None
     vis = np.flatnonzero(table.modality == Modality.VISIBLE.code)
-    f = extract_features(trainer.model, _eval_batches(table, trainer.cfg, vis), trainer.device, False)
+    f = table_features(trainer.model, table, image_size=(trainer.cfg.data.image_height, trainer.cfg.data.image_width),
+                       device=trainer.device, batch_size=VAL_BATCH_SIZE, flip=VAL_FLIP, rows=vis)
     ids, cams = table.identity[vis], table.camera[vis]
     total, n = 0.0, 0
     for cam in np.unique(cams):
