@@ -74,3 +74,14 @@ def test_another_store_configured_refuses_the_local_record(project, tmp_path: Pa
     record = read_run_record(repo / "outputs" / "mlflow_run.json")
     with pytest.raises(TrackingError, match="track.tracking_uri changed"):
         check_recorded_run(record, "mlflow_run.json", other, repo)
+
+
+def test_a_store_in_this_machines_files_is_refused_when_several_nodes_log_to_it() -> None:
+    from vireid.tracking.store import check_reachable_from_nodes
+
+    for uri in ("sqlite:////p/mlruns/mlflow.db", "/p/mlruns", "file:///p/mlruns"):
+        check_reachable_from_nodes(uri, 1)  # one node: its own files are fine
+        with pytest.raises(TrackingError, match=r"track\.tracking_uri: .* has 3 nodes .*http://"):
+            check_reachable_from_nodes(uri, 3)
+    check_reachable_from_nodes("http://mlflow.example:5000", 3)
+    check_reachable_from_nodes("https://mlflow.example", 2)

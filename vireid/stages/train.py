@@ -7,8 +7,10 @@ log into). Ray Train keeps its checkpoints under ``<train.storage>/train/<run na
 ``ray_results/train``, outside the DVC outputs; an ``s3://`` URI on a cluster): rerunning the
 stage after an interruption continues from the last checkpoint; changed parameters or data
 give another run name and start afresh. ``train.ray_address`` says which Ray: empty, a new
-local instance; else the cluster to join. On a cluster of several nodes the MLflow store
-must be a server every node reaches (``track.tracking_uri: http://...``).
+local instance; else the cluster to join, whose workers then read the shards staged under
+``<train.storage>/shards/`` (:mod:`vireid.shard_staging`), not the head's ``data/shards``.
+On a cluster of several nodes the MLflow store must be a server every node reaches
+(``track.tracking_uri: http://...``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vireid.data.shards import ShardSet
 from vireid.io import atomic_write_json
 from vireid.modeling.backbone import load_pretrained_state
 from vireid.ray_session import ray_storage, storage_location
+from vireid.shard_staging import shard_source
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -72,8 +75,10 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     log.info("MLflow run %s in %s", run_id, target.tracking_uri)
     try:
         storage, filesystem = ray_storage(storage_location(cfg.train.storage, repo, "train"), os.environ)
+        shards_at = shard_source(args.shards, cfg.train.ray_address,
+                                 *ray_storage(storage_location(cfg.train.storage, repo, "shards"), os.environ))
         summary = fit(cfg, Path(args.shards), Path(args.out), storage, storage_filesystem=filesystem,
-                      tracking={"tracking_uri": target.tracking_uri, "run_id": run_id})
+                      tracking={"tracking_uri": target.tracking_uri, "run_id": run_id}, shards_at=shards_at)
         for record in summary["history"]:  # per-epoch means and validation, step = epoch
             log_metrics(target.tracking_uri, run_id,
                         {f"epoch/{k}": float(v) for k, v in record.items()

@@ -9,8 +9,8 @@ The Tune experiment lives under ``<train.storage>/tune`` (default ``ray_results/
 outside the DVC outputs; an ``s3://`` URI on a cluster) and is named after the search's
 inputs: rerunning an interrupted stage resumes it (finished trials are not run again);
 changed parameters or data start a fresh one. With ``train.ray_address`` set the stage joins
-that cluster; otherwise it starts a local Ray with the CPUs that ``tune.max_concurrent``
-trials need.
+that cluster (its workers read the shards staged under ``<train.storage>/shards/``);
+otherwise it starts a local Ray with the CPUs that ``tune.max_concurrent`` trials need.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vireid.ray_session import ray_storage, storage_location
+from vireid.shard_staging import shard_source
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -51,8 +52,11 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     cfg = load_config(args.params)
     clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
     storage, filesystem = ray_storage(storage_location(cfg.train.storage, Path.cwd(), "tune"), os.environ)
+    shards_at = shard_source(args.shards, cfg.train.ray_address,
+                             *ray_storage(storage_location(cfg.train.storage, Path.cwd(), "shards"), os.environ))
     summary = run_search(cfg, Path(args.shards), storage, Path(args.out), storage_filesystem=filesystem,
-                         tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus)
+                         tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus,
+                         shards_at=shards_at)
     best = summary["best"]
     log.info("tune: %d trials, %d stopped early by ASHA, %d of %d trial-epochs used; best S=%s "
              "T=%.4g (val_mAP %.4f)", summary["num_trials"], summary["num_early_stopped"],

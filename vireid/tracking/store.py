@@ -75,6 +75,15 @@ def is_server_uri(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
+def check_reachable_from_nodes(tracking_uri: str, nodes: int) -> None:
+    """Refuse a store in this machine's files when ``nodes`` > 1 Ray nodes log to it."""
+    if nodes > 1 and not is_server_uri(tracking_uri):
+        raise TrackingError(
+            f"track.tracking_uri: {tracking_uri} is a store on this machine, but the Ray cluster of "
+            f"train.ray_address has {nodes} nodes whose workers log to it; use an MLflow server every "
+            "node reaches (http://...; infra/README.md)")
+
+
 def prepare_store(tracking_uri: str) -> None:
     """Create the folder of a ``sqlite:///`` database file (sqlite does not)."""
     prefix = "sqlite:///"

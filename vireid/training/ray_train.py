@@ -36,7 +36,8 @@ from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.io import atomic_write_json, atomic_write_text
 from vireid.ray_session import alive_nodes, ray_session, storage_location
-from vireid.tracking.store import TrackingError, is_server_uri
+from vireid.shard_staging import ShardSource, local_shards
+from vireid.tracking.store import check_reachable_from_nodes
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
 from vireid.training.loop import Trainer, check_shards, run_fingerprint, training_summary
 
@@ -88,18 +89,20 @@ def reported_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
 def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     """Ray Train worker function: restore, train the remaining epochs, report, checkpoint.
 
-    ``loop_config``: ``config`` (plain dict of :class:`Config`), ``shards_dir``, ``fault``
+    ``loop_config``: ``config`` (plain dict of :class:`Config`), ``shards`` (a
+    :class:`~vireid.shard_staging.ShardSource`: read in place or copied to this node), ``fault``
     (test hook or None), ``tracking`` (``{"tracking_uri", "run_id"}`` or None). Rank 0
     returns ``{"epoch", "history"}``.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     cfg = config_from_dict(loop_config["config"])
+    shards_dir = local_shards(loop_config["shards"], Path(tempfile.gettempdir()) / "vireid-shards")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-    trainer = Trainer(cfg, loop_config["shards_dir"], rank=rank, world_size=world, device=device)
+    trainer = Trainer(cfg, shards_dir, rank=rank, world_size=world, device=device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -148,7 +151,7 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
 
 def build_trainer(
     cfg: Config,
-    shards_dir: Path,
+    shards: str | Path | ShardSource,
     storage_path: str | Path,
     name: str,
     *,
@@ -163,13 +166,17 @@ def build_trainer(
     ``storage_path``: a local folder (made absolute: Ray requires it) or a URI
     (:func:`vireid.ray_session.storage_location`); with ``storage_filesystem`` (a pyarrow
     filesystem, :func:`vireid.ray_session.ray_storage`) a path on it. ``fault`` and ``tracking``: see
-    :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept.
+    :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept. ``shards``:
+    where the workers read the shard set (a folder is read in place; on a cluster the staged
+    set of :func:`vireid.shard_staging.shard_source`).
     """
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
-    loop_config = {"config": config_to_dict(cfg), "shards_dir": str(Path(shards_dir).resolve()),
+    if not isinstance(shards, ShardSource):
+        shards = ShardSource(str(Path(shards).resolve()))
+    loop_config = {"config": config_to_dict(cfg), "shards": shards,
                    "fault": dict(fault) if fault else None,
                    "tracking": dict(tracking) if tracking else None}
     return TorchTrainer(
@@ -219,6 +226,7 @@ def fit(
     tracking: dict | None = None,
     object_store_mb: int = 256,
     storage_filesystem: Any = None,
+    shards_at: ShardSource | None = None,
 ) -> dict[str, Any]:
     """Train with Ray Train and export the result; return the training summary.
 
@@ -227,6 +235,8 @@ def fit(
     already initialised; checkpoints go to ``storage_path/name`` (a folder or a URI). Writes atomically to ``out_dir``:
     ``model.pt`` (selected weights + metadata), ``train_summary.json`` and ``history.csv``.
     ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
+    ``shards_at``: where the workers read ``shards_dir``'s set (default: the folder itself; on
+    a cluster, :func:`vireid.shard_staging.shard_source`).
     """
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
     check_shards(cfg, ShardSet(shards_dir))  # here, not only in the workers: Ray would retry them
@@ -234,13 +244,10 @@ def fit(
     t = cfg.train
     with ray_session(t.ray_address, num_cpus=t.num_workers * t.cpus_per_worker,
                      num_gpus=t.num_workers if t.use_gpu else 0, object_store_mb=object_store_mb):
-        if tracking and alive_nodes() > 1 and not is_server_uri(str(tracking["tracking_uri"])):
-            raise TrackingError(
-                f"track.tracking_uri: {tracking['tracking_uri']} is a store on this machine, but the Ray "
-                f"cluster of train.ray_address has {alive_nodes()} nodes whose workers log to it; use an "
-                "MLflow server every node reaches (http://...; infra/README.md)")
+        if tracking:
+            check_reachable_from_nodes(str(tracking["tracking_uri"]), alive_nodes())
         t0 = time.perf_counter()
-        result = build_trainer(cfg, shards_dir, storage_path, name, callbacks=callbacks, fault=fault,
+        result = build_trainer(cfg, shards_at or shards_dir, storage_path, name, callbacks=callbacks, fault=fault,
                                tracking=tracking, storage_filesystem=storage_filesystem).fit()
         wall = time.perf_counter() - t0
     if result.error is not None:

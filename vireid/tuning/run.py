@@ -37,8 +37,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
-from vireid.ray_session import ray_session, storage_location
-from vireid.tracking.store import TrackingTarget, client
+from vireid.ray_session import alive_nodes, ray_session, storage_location
+from vireid.shard_staging import ShardSource
+from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
     asha,
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ trial
 
 
-def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, train_storage: str,
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSource, train_storage: str,
               tracking: dict[str, str] | None, storage_filesystem: Any = None) -> None:
     """Tune function trainable: one Ray Train run for ``config`` (``memory_size``,
     ``temperature``), reporting every epoch to Tune through ``TuneReportCallback``."""
@@ -76,7 +77,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards_dir: str, 
     # Imported here: the training package is heavy and only the trial actors need it.
     from vireid.training.ray_train import build_trainer
 
-    trainer = build_trainer(cfg, Path(shards_dir), train_storage, trial_id, callbacks=callbacks,
+    trainer = build_trainer(cfg, shards, train_storage, trial_id, callbacks=callbacks,
                             tracking=train_tracking, num_to_keep=1, storage_filesystem=storage_filesystem)
     result = trainer.fit()
     if tracking is not None and run_id is not None:
@@ -101,6 +102,7 @@ def run_search(
     callbacks: Sequence[ray.tune.Callback] = (),
     object_store_mb: int = 256,
     storage_filesystem: Any = None,
+    shards_at: ShardSource | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search and write ``best_params.yaml``, ``summary.json`` and
     ``tune.png`` to ``out_dir``; return the summary.
@@ -111,6 +113,8 @@ def run_search(
     the experiment: a resumed search runs the first run's callbacks). Runs on the Ray of
     ``train.ray_address`` (a new local instance with :func:`cpus_needed` CPUs when empty)
     unless Ray is already initialised. A trial is retried ``train.max_failures`` times.
+    ``shards_at``: where the trials' workers read ``shards_dir``'s set (default: the folder
+    itself; on a cluster, :func:`vireid.shard_staging.shard_source`).
     """
     shards_dir = Path(shards_dir).resolve()
     storage = (str(storage_path) if storage_filesystem is not None
@@ -122,10 +126,12 @@ def run_search(
     gpus = cfg.train.num_workers * cfg.tune.max_concurrent if cfg.train.use_gpu else 0
     with ray_session(cfg.train.ray_address, num_cpus=math.ceil(cpus_needed(cfg, driver_cpus)),
                      num_gpus=gpus, object_store_mb=object_store_mb):
+        if tracking is not None:
+            check_reachable_from_nodes(tracking.tracking_uri, alive_nodes())
         track = parent_run(tracking, cfg, name) if tracking is not None else None
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(
-                run_trial, base=config_to_dict(cfg), shards_dir=str(shards_dir),
+                run_trial, base=config_to_dict(cfg), shards=shards_at or ShardSource(str(shards_dir)),
                 train_storage=f"{exp_path}/train", storage_filesystem=storage_filesystem,
                 tracking=None if track is None else track.__dict__.copy()),
             {"cpu": driver_cpus})
