@@ -59,7 +59,10 @@ class SeaweedS3:
             [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
              f"-filer.port={ports['filer']}", "-volume.max=32", "-master.volumeSizeLimitMB=32",  # a collection grows 7 volumes at once
-             "-s3", f"-s3.port={self.port}", f"-s3.config={config}"],
+             "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
+             # its Iceberg and Lance listeners bind fixed ports (8181, 9101): off, so that two
+             # servers (two tests, two checkouts) can run at once
+             "-s3.port.iceberg=0", "-s3.port.lance=0"],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
