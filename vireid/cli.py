@@ -1,15 +1,18 @@
-"""The ``vireid`` command: pipeline stages, ``repro``, image ``search`` and ``mlflow-ui``.
+"""The ``vireid`` command: pipeline stages, ``repro``, ``publish``/``restore``, ``search``, ``mlflow-ui``.
 
 Run it where ``params.yaml`` lives (or point ``--params`` at one)::
 
     vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
     vireid repro                             # dvc repro register (not the opt-in tune stage)
     vireid repro tune                        # dvc repro of other target(s); dvc options pass through
+    vireid publish                           # dvc.lock, params.yaml, metrics, registration -> the MLflow run
+    vireid restore RUN_ID --dest DIR         # ... and back into a checkout (then: dvc pull)
     vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
 
 This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
-the DVC entry points ``pipelines/*.py`` call) and :mod:`vireid.retrieval`.
+the DVC entry points ``pipelines/*.py`` call), :mod:`vireid.tracking.pipeline_state` and
+:mod:`vireid.retrieval`.
 """
 
 from __future__ import annotations
@@ -69,6 +72,36 @@ def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
     return subprocess.call(repro_argv(list(args.targets), extra))
 
 
+def _cmd_publish(args: argparse.Namespace, extra: list[str]) -> int:
+    from vireid.stages.entry import load_config
+    from vireid.tracking import git_commit, read_run_record, resolve_target
+    from vireid.tracking.pipeline_state import collect_state, publish_state
+    from vireid.tracking.runs import check_recorded_run
+
+    root = Path.cwd()
+    target = resolve_target(load_config(args.params).track, root)
+    state = collect_state(root, params=args.params, run_file=args.run_file, registration=args.registration)
+    run_id = check_recorded_run(read_run_record(args.run_file), args.run_file, target, root)
+    manifest = publish_state(target.tracking_uri, run_id, state, git_commit=git_commit(root))
+    print(f"published {', '.join(manifest['files'])} (stages {', '.join(state.stages)}) to MLflow run "
+          f"{run_id} in {target.tracking_uri}, under pipeline/")
+    print(f"a teammate gets them back with: vireid restore {run_id} --tracking-uri {target.tracking_uri}"
+          " (then dvc pull)")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace, extra: list[str]) -> int:
+    from vireid.tracking.pipeline_state import restore_state
+
+    uri = _tracking_uri(args)
+    manifest, written = restore_state(uri, args.run_id, Path(args.dest), force=args.force)
+    print(f"restored {', '.join(str(p) for p in written)} from MLflow run {args.run_id} in {uri}")
+    commit = manifest.get("git_commit") or "unknown"
+    print(f"the run's code is git commit {commit}; `dvc pull` now fetches the outputs dvc.lock "
+          "records (model, shards) from the DVC remote")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid import retrieval
 
@@ -106,7 +139,7 @@ def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommand in ``command``)."""
-    parser = argparse.ArgumentParser(prog="vireid", description="Pipeline stages, dvc repro, image search and the MLflow UI.",
+    parser = argparse.ArgumentParser(prog="vireid", description="Pipeline stages, dvc repro, publish/restore of the pipeline state, image search and the MLflow UI.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
@@ -121,6 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*", help=f"dvc stages to reproduce (default {REPRO_DEFAULT_TARGET}: "
                                               "the pipeline without the opt-in tune stage)")
     p.set_defaults(func=_cmd_repro)
+
+    p = sub.add_parser("publish", parents=[common],
+                       help="log dvc.lock, params.yaml, the metrics and registration.json to the "
+                            "pipeline's MLflow run (after dvc repro; refused when dvc.lock is stale)")
+    p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    p.add_argument("--run-file", default="outputs/train/mlflow_run.json",
+                   help="the train stage's MLflow run record: the run to publish to")
+    p.add_argument("--registration", default="outputs/register/registration.json",
+                   help="the register stage's record")
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("restore", parents=[common],
+                       help="write the pipeline state published to an MLflow run into a checkout")
+    p.add_argument("run_id", help="the MLflow run (vireid publish prints it)")
+    p.add_argument("--dest", default=".", help="project folder to write into (default .)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files with local changes (default: only files git has unchanged)")
+    p.add_argument("--tracking-uri", default="", help="MLflow store of the run (default: from --params)")
+    p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
+    p.set_defaults(func=_cmd_restore)
 
     p = sub.add_parser("search", parents=[common], help="rank a gallery folder against query image(s)")
     p.add_argument("query", nargs="+", help="query image file(s) or folder(s)")
@@ -169,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("search", "mlflow-ui") and extra:
+    if args.command in ("search", "mlflow-ui", "publish", "restore") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # stderr carries the error line only: no MLflow download progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

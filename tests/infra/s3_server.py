@@ -97,3 +97,27 @@ class SeaweedS3:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def s3_client(server: SeaweedS3):  # -> botocore S3 client
+    """A boto3 S3 client with the server's credentials (an admin's view of the buckets)."""
+    import boto3
+
+    env = server.environ()
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def make_bucket(server: SeaweedS3, name: str) -> str:
+    """Create bucket ``name`` on ``server``; returns the name."""
+    s3_client(server).create_bucket(Bucket=name)
+    return name
+
+
+def list_objects(server: SeaweedS3, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object of ``bucket`` under ``prefix``: key -> content."""
+    s3 = s3_client(server)
+    keys = [obj["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])]
+    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}

@@ -156,3 +156,13 @@ def test_register_stage_via_cli(target, config, logged, model_file, tmp_path: Pa
     assert "registered stage-test v1 as champion: first champion" in capsys.readouterr().out
     run = MlflowClient(target.tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["registered_version"] == "1"
+
+
+def test_logged_model_id_is_passed_for_a_models_id_source() -> None:
+    """register passes it to create_model_version: a tracking server refuses a ``models:/<id>``
+    source without it (tests/infra/test_mlflow_s3.py registers through one)."""
+    from vireid.tracking.registry import logged_model_id
+
+    assert logged_model_id("models:/m-0123abcd") == "m-0123abcd"
+    for other in ("models:/vireid/1", "models:/vireid@champion", "runs:/abc/model", "m-0123", "models:/"):
+        assert logged_model_id(other) is None, other

@@ -113,6 +113,14 @@ def decide(*, protocol: str, headline: str, value: float,
     return Decision("challenger", f"headline {headline} {_fmt(value)} <= {who}'s {_fmt(c_value)}")
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The logged model's id in a ``models:/<model_id>`` URI (what ``log_embedder`` returns);
+    None for any other URI (``models:/name/1``, ``models:/name@alias``, ``runs:/...``)."""
+    prefix = "models:/"
+    rest = model_uri[len(prefix):] if model_uri.startswith(prefix) else ""
+    return rest if rest and not any(c in rest for c in "/@") else None
+
+
 def find_version(tracking_uri: str, model_name: str, fingerprint: Mapping[str, str]):  # -> ModelVersion | None
     """The first version of ``model_name`` whose tags carry all of ``fingerprint`` (None when
     there is none, or no such registered model)."""
@@ -198,7 +206,9 @@ def register(
                 **{k: str(v) for k, v in (extra_tags or {}).items()},
                 **{k: str(v) for k, v in (fingerprint or {}).items()}}
         with use_tracking_uri(tracking_uri):  # a models:/<id> source is resolved via the global URI
-            mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags)
+            # a tracking server refuses a models:/<id> source without its model_id (sqlite does not)
+            mv = c.create_model_version(model_name, model_uri, run_id=run_id, tags=tags,
+                                        model_id=logged_model_id(model_uri))
     alias = champion_alias if decision.alias_role == "champion" else challenger_alias
     c.set_registered_model_alias(model_name, alias, mv.version)
     c.set_model_version_tag(model_name, mv.version, TAG_REASON, decision.reason)

@@ -39,3 +39,9 @@ TAG_TUNE_ROLE = "vireid.role"  # tune-parent | tune-trial
 TAG_TUNE_TRIAL = "vireid.tune_trial_id"
 #: Prefix of the best trial's values on the tune parent run: ``best.memory_size``, ``best.temperature``.
 TAG_BEST_PREFIX = "best."
+
+# --- tags of a pipeline run set by `vireid publish` (vireid.tracking.pipeline_state) ---------
+#: ``published`` once dvc.lock, params.yaml, the metrics and registration.json are logged
+#: under the run's ``pipeline/`` artifacts (set last: the state is complete).
+TAG_PIPELINE_STATE = "pipeline_state"
+TAG_PIPELINE_LOCK_MD5 = "pipeline_state.dvc_lock_md5"  # md5 of the published dvc.lock
