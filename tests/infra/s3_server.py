@@ -94,3 +94,34 @@ class SeaweedS3:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def create_bucket(server: SeaweedS3, name: str) -> None:
+    """Create bucket ``name`` on ``server`` with boto3 (a dev dependency), as the compose
+    stack's one-shot ``buckets`` service does with ``weed shell``; an existing one is kept."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    env = server.environ()
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    try:
+        client.create_bucket(Bucket=name)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def list_keys(server: SeaweedS3, bucket: str, prefix: str = "") -> list[str]:
+    """Every object key under ``prefix`` in ``bucket`` (boto3, paginated)."""
+    import boto3
+
+    env = server.environ()
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [obj["Key"] for obj in page.get("Contents", [])]
+    return keys
