@@ -42,6 +42,13 @@ def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     return [("raycluster", cluster["spec"]), ("rayjob", job["spec"]["rayClusterSpec"])]
 
 
+def _locked_version(package: str) -> str:
+    lock = (REPO / "uv.lock").read_text(encoding="utf-8")
+    found = re.search(rf'^name = "{re.escape(package)}"\nversion = "([^"]+)"', lock, re.M)
+    assert found, f"{package} is not in uv.lock"
+    return found.group(1)
+
+
 # ------------------------------------------------------------------------------ schemas
 
 
@@ -232,3 +239,69 @@ def test_readme_explains_every_file() -> None:
         if path.is_file() and path.name != "README.md":
             rel = path.relative_to(INFRA).as_posix()
             assert rel in readme, f"infra/README.md does not mention {rel}"
+
+
+# ------------------------------------------------------------------------- issue 14 fixes
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker matches it: `*` and `?` within one path element,
+    `**` across any number of them."""
+    pattern, out, i = pattern.strip("/"), "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(f"^{out}$")
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` out of the build context: the last pattern that matches
+    the path or one of its parent folders decides (``!`` re-includes)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        rx = _docker_pattern(raw.lstrip("!"))
+        if any(rx.match(c) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_build_context_carries_no_secrets_or_caches() -> None:
+    text = (INFRA / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    patterns = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert _docker_pattern("**/.env").match("infra/mlflow/.env") and _docker_pattern("**/.env").match(".env")
+    secrets = [".dvc/config.local", "infra/mlflow/.env", ".env", "vireid/.env", ".aws/credentials"]
+    caches = [".dvc/cache/files/md5/00/1122", ".dvc/tmp/rwlock", ".venv/bin/python", "data/shards/manifest.json",
+              "data/raw/SYSU-MM01/cam1/0001/0001.jpg", "outputs/train/model.pt", "mlruns/mlflow.db",
+              "ray_results/train/run/checkpoint_000001/train_state.pt", "vireid/__pycache__/cli.cpython-311.pyc"]
+    for path in secrets + caches:
+        assert _dockerignored(path, patterns), f"{path} would be in the build context"
+    needed = ["pyproject.toml", "uv.lock", ".git/HEAD", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "dvc.lock",
+              "params.yaml", "vireid/cli.py", "pipelines/train.py", "infra/docker/Dockerfile"]
+    for path in needed:
+        assert not _dockerignored(path, patterns), f"{path} is needed in the image"
+    # and a builder that ignores the file fails instead of baking keys into a layer
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    guard = re.search(r"for secret in ([^;]+);", dockerfile)
+    assert guard and {".dvc/config.local", "infra/mlflow/.env"} <= set(guard.group(1).split())
+
+
+def test_dockerfile_keeps_the_s3_extra_and_bakes_in_no_endpoint() -> None:
+    """`uv pip install dvc-s3` followed by `uv sync` lost dvc-s3 again: every sync names the
+    locked `s3` extra, and nothing is installed outside the lock."""
+    text = (INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "pip install" not in code
+    syncs = re.findall(r"uv sync[^\n&;]*", code)
+    assert len(syncs) >= 2 and all("--frozen" in c and "--no-dev" in c and "--extra s3" in c for c in syncs), syncs
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^s3 = \["dvc-s3', pyproject, re.M)  # the extra exists, and is locked:
+    _locked_version("dvc-s3")
+    assert "127.0.0.1" not in code and "localhost" not in code and "AWS_" not in code
