@@ -42,6 +42,18 @@ def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     return [("raycluster", cluster["spec"]), ("rayjob", job["spec"]["rayClusterSpec"])]
 
 
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container of every pod of a RayCluster spec (head first)."""
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    return [c for pod in pods for c in pod["spec"]["containers"]]
+
+
+def _secrets() -> dict[str, dict[str, str]]:
+    """The Secrets of k8s/secret.example.yaml: name -> stringData."""
+    docs = yaml.safe_load_all((INFRA / "k8s" / "secret.example.yaml").read_text(encoding="utf-8"))
+    return {d["metadata"]["name"]: d["stringData"] for d in docs if d and d["kind"] == "Secret"}
+
+
 def _locked_version(package: str) -> str:
     lock = (REPO / "uv.lock").read_text(encoding="utf-8")
     found = re.search(rf'^name = "{re.escape(package)}"\nversion = "([^"]+)"', lock, re.M)
@@ -341,3 +353,89 @@ def test_dockerfile_keeps_the_s3_extra_and_bakes_in_no_endpoint() -> None:
     assert re.search(r'^s3 = \["dvc-s3', pyproject, re.M)  # the extra exists, and is locked:
     _locked_version("dvc-s3")
     assert "127.0.0.1" not in code and "localhost" not in code and "AWS_" not in code
+
+
+def test_pvc_names_a_read_write_many_storage_class() -> None:
+    pvc = _load(INFRA / "k8s" / "pvc.yaml")
+    assert pvc["spec"]["storageClassName"], "the PVC must name a (ReadWriteMany) storage class"
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    assert "storageClassName" in readme and "ReadWriteMany" in readme
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_every_pod_runs_with_the_ray_auth_token_of_one_secret(which: str) -> None:
+    """Ray 2.60 token auth: KubeRay (authOptions.secretName: its submitter Job and dashboard
+    client) and every Ray container (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN) use one Secret."""
+    spec = dict(_cluster_specs())[which]
+    auth = spec["authOptions"]
+    assert auth["mode"] == "token"
+    secret = auth["secretName"]
+    assert "auth_token" in _secrets()[secret]  # the key KubeRay reads
+    for container in _containers(spec):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}
+        assert "value" not in env["RAY_AUTH_TOKEN"]
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_every_pod_gets_the_s3_variables_from_the_secret(which: str) -> None:
+    """DVC, Ray storage and the staged shards read the standard AWS_* variables, on the head
+    and on every worker; the endpoint is a Secret value (optional: absent for AWS S3)."""
+    s3 = _secrets()["vireid-s3"]
+    for container in _containers(dict(_cluster_specs())[which]):
+        env = {e["name"]: e for e in container["env"]}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "vireid-s3" and ref["key"] == name and name in s3, (container["name"], name)
+        assert not env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"].get("optional", False)
+        assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        for e in container["env"]:
+            assert "127.0.0.1" not in e.get("value", "") and "localhost" not in e.get("value", "")
+
+
+def test_mlflow_server_is_a_pipeline_parameter_not_a_dead_env_var() -> None:
+    """The stages read track.tracking_uri from params.yaml; MLFLOW_TRACKING_URI on a pod is
+    never read (and a multi-node run needs an HTTP server every node reaches)."""
+    for _, spec in _cluster_specs():
+        for container in _containers(spec):
+            assert "MLFLOW_TRACKING_URI" not in {e["name"] for e in container["env"]}
+    for path in ("k8s/rayjob.yaml", "k8s/raycluster.yaml", "ray/cluster.yaml"):
+        code = [line for line in (INFRA / path).read_text(encoding="utf-8").splitlines()
+                if not line.lstrip().startswith("#")]
+        assert not any("MLFLOW_TRACKING_URI" in line for line in code), path
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    uri = re.search(r"-S\s+track\.tracking_uri=(\S+?)(?:;|\s|$)", entry)
+    assert uri and re.match(r"^https?://[^/]+", uri.group(1)), entry
+
+
+def test_rayjob_entrypoint_leaves_the_results_outside_the_pods() -> None:
+    """pull the shards, run, push the outputs to the DVC remote, publish the pipeline state
+    to the MLflow run: in this order, stopping at the first failure."""
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    assert "set -euo pipefail" in entry
+    steps = ["dvc pull --allow-missing", "dvc exp run --allow-missing", "dvc push", "vireid publish"]
+    at = [entry.find(step) for step in steps]
+    assert all(i >= 0 for i in at) and at == sorted(at), dict(zip(steps, at, strict=True))
+
+
+KUBERAY_FIELDS = {  # field -> the first KubeRay release that has it (see infra/README.md)
+    "spec.backoffLimit": (1, 2, 0),  # ray-project/kuberay#2192, release v1.2.0
+    "rayClusterSpec.authOptions.mode": (1, 5, 1),  # release v1.5.1: Ray token auth
+    "rayClusterSpec.authOptions.secretName": (1, 6, 0),  # AuthOptions.SecretName from v1.6.0
+}
+
+
+def test_readme_kuberay_floor_covers_the_fields_the_manifests_use() -> None:
+    job = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]
+    used = {"spec.backoffLimit": "backoffLimit" in job}
+    for _, spec in _cluster_specs():
+        auth = spec.get("authOptions", {})
+        used["rayClusterSpec.authOptions.mode"] = used.get("rayClusterSpec.authOptions.mode", False) or "mode" in auth
+        used["rayClusterSpec.authOptions.secretName"] = (used.get("rayClusterSpec.authOptions.secretName", False)
+                                                         or "secretName" in auth)
+    need = max(KUBERAY_FIELDS[f] for f, on in used.items() if on)
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    floors = {tuple(int(x) for x in m) for m in re.findall(r"KubeRay >= v?(\d+)\.(\d+)\.(\d+)", readme)}
+    assert floors, "infra/README.md states no KubeRay floor (KubeRay >= X.Y.Z)"
+    assert min(floors) >= need, f"README floor {min(floors)} is below {need}, which the manifests need"
