@@ -439,3 +439,23 @@ def test_readme_kuberay_floor_covers_the_fields_the_manifests_use() -> None:
     floors = {tuple(int(x) for x in m) for m in re.findall(r"KubeRay >= v?(\d+)\.(\d+)\.(\d+)", readme)}
     assert floors, "infra/README.md states no KubeRay floor (KubeRay >= X.Y.Z)"
     assert min(floors) >= need, f"README floor {min(floors)} is below {need}, which the manifests need"
+
+
+def test_cluster_launcher_installs_nothing_outside_the_lock_and_loads_the_env_file() -> None:
+    config = _load(INFRA / "ray" / "cluster.yaml")
+    commands = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                              "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+                for c in config.get(key, [])]
+    assert not any("pip install" in c for c in commands), commands
+    syncs = [c for c in commands if "uv sync" in c]
+    assert syncs and all("--frozen" in c and "--extra s3" in c for c in syncs)
+    head_syncs = [c for c in config["head_setup_commands"] if "uv sync" in c]
+    assert head_syncs and all("--no-dev" not in c for c in head_syncs)  # boto3: the locked dev group
+    _locked_version("boto3")
+    # the env file (AWS_*, Ray auth token) from the user's machine reaches every node and
+    # every `ray start`, and never comes from the repository
+    remote = next(r for r, local in config["file_mounts"].items() if str(local).endswith("cluster.env"))
+    for start in config["head_start_ray_commands"][-1:] + config["worker_start_ray_commands"][-1:]:
+        assert f". {remote};" in start and start.index(remote) < start.index("ray start")
+    assert any(remote in c and ".bashrc" in c for c in config["setup_commands"])
+    assert "**/.dvc/config.local" in config["rsync_exclude"] and "**/.dvc/cache" in config["rsync_exclude"]
