@@ -110,14 +110,25 @@ def s3_client(server: SeaweedS3):  # -> botocore S3 client
 
 
 def make_bucket(server: SeaweedS3, name: str) -> str:
-    """Create bucket ``name`` on ``server``; returns the name."""
-    s3_client(server).create_bucket(Bucket=name)
+    """Create bucket ``name`` on ``server`` (an existing one is kept, as the compose stack's
+    one-shot ``buckets`` service does with ``weed shell``); returns the name."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client(server).create_bucket(Bucket=name)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
     return name
+
+
+def list_keys(server: SeaweedS3, bucket: str, prefix: str = "") -> list[str]:
+    """Every object key under ``prefix`` in ``bucket`` (paginated)."""
+    pages = s3_client(server).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
 def list_objects(server: SeaweedS3, bucket: str, prefix: str = "") -> dict[str, bytes]:
     """Every object of ``bucket`` under ``prefix``: key -> content."""
     s3 = s3_client(server)
-    keys = [obj["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])]
-    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(server, bucket, prefix)}

