@@ -450,7 +450,7 @@ def test_cluster_launcher_installs_nothing_outside_the_lock_and_loads_the_env_fi
     syncs = [c for c in commands if "uv sync" in c]
     assert syncs and all("--frozen" in c and "--extra s3" in c for c in syncs)
     head_syncs = [c for c in config["head_setup_commands"] if "uv sync" in c]
-    assert head_syncs and all("--no-dev" not in c for c in head_syncs)  # boto3: the locked dev group
+    assert head_syncs and all("--no-dev" in c and "--extra aws" in c for c in head_syncs)  # boto3, locked
     _locked_version("boto3")
     # the env file (AWS_*, Ray auth token) from the user's machine reaches every node and
     # every `ray start`, and never comes from the repository
