@@ -40,7 +40,11 @@ class ShardSource:
 
 def shard_key(shards_dir: str | os.PathLike[str]) -> str:
     """The staged name of a shard set: the sha256 of its ``manifest.json``."""
-    return hashlib.sha256((Path(shards_dir) / MANIFEST).read_bytes()).hexdigest()
+    return _key((Path(shards_dir) / MANIFEST).read_bytes())
+
+
+def _key(manifest: bytes) -> str:
+    return hashlib.sha256(manifest).hexdigest()
 
 
 def _object_store(path: str, filesystem: Any) -> tuple[Any, str] | None:
@@ -66,8 +70,8 @@ def stage_shards(shards_dir: str | os.PathLike[str], root: str, filesystem: Any 
     renamed) or an object-store path on ``filesystem`` (or a URI; files first, manifest last).
     """
     shards = ShardSet(shards_dir)
-    key = shard_key(shards_dir)
     manifest = (shards.dir / MANIFEST).read_bytes()
+    key = _key(manifest)
     store = _object_store(root, filesystem)
     if store is None:
         dest = Path(root) / key

@@ -35,7 +35,7 @@ def test_s3_location_becomes_a_path_on_an_s3_filesystem_from_the_standard_variab
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
+    with running_s3(tmp_path_factory.mktemp("seaweed"), buckets=[BUCKET]) as server:
         yield server
 
 
@@ -51,11 +51,6 @@ def test_training_resumes_from_the_checkpoint_in_the_bucket(s3: SeaweedS3, tiny_
     shards, cfg = tiny_shards
     cfg = replace(tiny_config(Path(cfg.data.root), epochs=2), train={"max_failures": 0})
     storage, fs = ray_storage(f"s3://{BUCKET}/team/ray_results/train", s3.environ())
-    admin = pyarrow.fs.S3FileSystem(access_key=s3.environ()["AWS_ACCESS_KEY_ID"],
-                                    secret_key=s3.environ()["AWS_SECRET_ACCESS_KEY"],
-                                    endpoint_override=s3.endpoint.split("://")[1], scheme="http",
-                                    allow_bucket_creation=True)
-    admin.create_dir(BUCKET)
     log1, marker = tmp_path / "run1.jsonl", tmp_path / "killed.marker"
     with pytest.raises(Exception, match="(?i)fail|worker|died|exit"):
         fit(cfg, shards, tmp_path / "out", storage, storage_filesystem=fs, name="s3run",
