@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
 from vireid.data.prepare import prepare
 from vireid.data.synthetic import generate_sysu
+from vireid.ray_session import ray_storage
 from vireid.shard_staging import shard_key
 from vireid.tracking.server import free_port, server_command, server_env, start_server, stop_server
 
@@ -84,13 +86,6 @@ def cluster() -> Iterator[LocalRayCluster]:
         assert c.pids() == [], "processes of the test cluster survived stop()"
 
 
-def _bucket(s3: SeaweedS3) -> pyarrow.fs.S3FileSystem:
-    env = s3.environ()
-    fs = pyarrow.fs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
-                                 endpoint_override=s3.endpoint.split("://")[1], scheme="http")
-    return fs
-
-
 def _listing(fs: pyarrow.fs.S3FileSystem, prefix: str) -> list[str]:
     try:
         return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True))]
@@ -104,7 +99,7 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     if os.geteuid() != 0:
         pytest.skip("a node in its own mount namespace (unshare -m) needs root here")
-    fs = _bucket(s3)
+    _, fs = ray_storage(f"s3://{BUCKET}", s3.environ())  # the library's S3 filesystem, to look in the bucket
     project = tmp_path / "project"
     root = generate_sysu(project / "data" / "raw" / "SYSU-MM01", SYNTH)
     cfg = tiny_config(root, epochs=EPOCHS, iters_per_epoch=4, num_workers=2, cpus_per_worker=1,
@@ -152,9 +147,12 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
             driver = subprocess.Popen([sys.executable, "-m", "pipelines.train", "--params", "params.yaml",
                                        "--shards", "data/shards", "--out", "outputs/train"],
                                       cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
-            # the first checkpoint in the bucket, then the isolated node is lost at once
+            # a committed checkpoint in the bucket, then the isolated node is lost at once. A
+            # checkpoint's files are uploaded before Ray Train commits it (a node lost in between
+            # restarts the run from scratch, correctly); rank 0 starts the next epoch only once
+            # its checkpoint is committed, so the second one's upload means the first is committed
             deadline = time.monotonic() + 600
-            while not any(p.endswith("train_state.pt") for p in _listing(fs, f"{BUCKET}/team/train")):
+            while sum(p.endswith("train_state.pt") for p in _listing(fs, f"{BUCKET}/team/train")) < 2:
                 assert driver.poll() is None, log.read_text()[-4000:]
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(0.5)
@@ -168,8 +166,6 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
     finally:
         if driver.poll() is None:
             driver.kill()
-        import shutil
-
         shutil.rmtree(cache / key, ignore_errors=True)  # the head node's copy
 
     summary = json.loads((project / "outputs" / "train" / "train_summary.json").read_text())
