@@ -42,7 +42,8 @@ from vireid.data.sample import Modality  # noqa: E402
 from vireid.evaluation.extract import table_features  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features  # noqa: E402
 from vireid.training.checkpoint import read_model_file  # noqa: E402
-from vireid.training.loop import VAL_BATCH_SIZE, VAL_FLIP, Trainer, validate  # noqa: E402
+from vireid.training.loop import Trainer  # noqa: E402
+from vireid.training.validation import VAL_BATCH_SIZE, VAL_FLIP, validate  # noqa: E402
 
 
 def shared_parameters(trainer: Trainer) -> list[torch.nn.Parameter]:

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from vireid.data.regdb import REGDB_TRIALS
+#: RegDB's split trials (``idx/*_<trial>.txt``): one model per trial. Defined here, where
+#: ``data.regdb_trial`` is checked, so that the configuration imports nothing from the layers it configures.
+REGDB_TRIALS: tuple[int, ...] = tuple(range(1, 11))
 
 
 class ConfigError(ValueError):

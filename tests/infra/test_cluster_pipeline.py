@@ -33,9 +33,9 @@ from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
 from vireid.data.prepare import prepare
+from vireid.data.staging import shard_key
 from vireid.data.synthetic import generate_sysu
 from vireid.ray_session import ray_storage
-from vireid.shard_staging import shard_key
 from vireid.tracking.server import free_port, server_command, server_env, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]

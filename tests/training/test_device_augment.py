@@ -13,7 +13,8 @@ import torch
 from vireid.config import Config
 from vireid.data.batch_augment import BatchAugment
 from vireid.training.checkpoint import CheckpointMismatchError, load_train_state
-from vireid.training.loop import Trainer, device_augment
+from vireid.training.epoch import device_augment
+from vireid.training.loop import Trainer
 
 
 def _on_device(cfg: Config) -> Config:

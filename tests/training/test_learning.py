@@ -19,7 +19,8 @@ from vireid.data.prepare import prepare
 from vireid.data.shards import ShardTable
 from vireid.data.synthetic import generate_sysu
 from vireid.evaluation.metrics import evaluate_features
-from vireid.training.loop import Trainer, validate
+from vireid.training.loop import Trainer
+from vireid.training.validation import validate
 
 # 40 identities: 8 test, 8 held out (unseen in training), 24 trained on; 3 images per camera
 SYNTH = SyntheticConfig(seed=0, sysu_identities=40, sysu_images_per_camera=3, sysu_val_fraction=0.05,

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 
 from vireid.config import Config, ConfigError
 from vireid.modeling.task import interleave_modalities
-from vireid.training.loop import Trainer, build_train_loader, epoch_seed, seed_everything
+from vireid.training.epoch import build_train_loader
+from vireid.training.loop import Trainer, epoch_seed, seed_everything
 from vireid.training.runtime import resolve_runtime
 
 WORLD = 2

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from vireid.config import REGDB_TRIALS
 from vireid.data._paths import check_inside, check_root, relative_posix
 from vireid.data.errors import DatasetError
 from vireid.data.sample import Modality, Sample
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 VISIBLE_CAMERA = 1
 THERMAL_CAMERA = 2
-#: RegDB's split trials (``idx/*_<trial>.txt``): one model per trial.
-REGDB_TRIALS: tuple[int, ...] = tuple(range(1, 11))
 
 
 @dataclass(frozen=True)

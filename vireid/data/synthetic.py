@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vireid.config import ConfigError, SyntheticConfig
-from vireid.data.regdb import REGDB_TRIALS
+from vireid.config import REGDB_TRIALS, ConfigError, SyntheticConfig
 from vireid.data.sample import Modality
 from vireid.data.sysu import INFRARED_CAMERAS
 from vireid.io import atomic_directory

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vireid.data.regdb import REGDB_TRIALS
+from vireid.config import REGDB_TRIALS
 from vireid.evaluation.metrics import (
     RankingResult,
     evaluate_features,

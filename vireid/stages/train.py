@@ -8,7 +8,7 @@ log into). Ray Train keeps its checkpoints under ``<train.storage>/train/<run na
 stage after an interruption continues from the last checkpoint; changed parameters or data
 give another run name and start afresh. ``train.ray_address`` says which Ray: empty, a new
 local instance; else the cluster to join, whose workers then read the shards staged under
-``<train.storage>/shards/`` (:mod:`vireid.shard_staging`), not the head's ``data/shards``.
+``<train.storage>/shards/`` (:mod:`vireid.data.staging`), not the head's ``data/shards``.
 On a cluster of several nodes the MLflow store must be a server every node reaches
 (``track.tracking_uri: http://...``).
 """
@@ -22,10 +22,10 @@ from typing import Any
 
 from vireid.config import config_to_dict
 from vireid.data.shards import ShardSet
+from vireid.data.staging import shard_source
 from vireid.io import atomic_write_json
 from vireid.modeling.backbone import load_pretrained_state
 from vireid.ray_session import ray_storage, storage_location
-from vireid.shard_staging import shard_source
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,

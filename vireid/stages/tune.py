@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vireid.data.staging import shard_source
 from vireid.ray_session import ray_storage, storage_location
-from vireid.shard_staging import shard_source
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,

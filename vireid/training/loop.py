@@ -1,19 +1,15 @@
-"""The Trainer: one rank's epochs (batches, step, validation, selection, state), with or without Ray.
+"""The Trainer: one rank's epochs (step, validation, selection, state), with or without Ray.
 
-Building blocks are plain functions (:func:`build_train_loader`, :func:`train_one_epoch`,
-:func:`validate`); :class:`Trainer` ties them into epochs with model selection and
-checkpointable state. Under Ray Train (:mod:`vireid.training.ray_train`) each worker runs a
-``Trainer`` with its rank; without Ray it runs with ``rank=0, world_size=1``.
+The epoch itself is :mod:`vireid.training.epoch` (loader, step, read-backs), validation on
+the held-out identities :mod:`vireid.training.validation`; :class:`Trainer` ties them into
+epochs with model selection and checkpointable state. Under Ray Train
+(:mod:`vireid.training.ray_train`) each worker runs a ``Trainer`` with its rank; without Ray
+it runs with ``rank=0, world_size=1``.
 
 Determinism: all randomness of epoch ``e`` on rank ``r`` (augmentation, DataLoader worker
 seeds) comes from :func:`epoch_seed` ``(seed, e, r)`` and the sampler's draw from
 ``(seed, e)``; model initialisation from ``seed``. No RNG state needs saving, and a run
 resumed from a checkpoint after epoch ``e`` continues exactly as an uninterrupted one.
-
-Validation never touches the test set: it ranks the held-out training identities (split
-``val``, ``data.holdout_identities``) with infrared images as queries against visible
-images as the gallery (``val_mAP``, ``val_rank1``, ...) and the reverse direction
-(``val_v2i_*``). See :data:`VAL_PROTOCOL`.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from vireid.config import Config, config_to_dict
-from vireid.data.batch_augment import BatchAugment
-from vireid.data.loader import ShardImageDataset
-from vireid.data.sample import Modality
-from vireid.data.sampler import IdentityBalancedSampler
 from vireid.data.shards import ShardSet, ShardTable
-from vireid.data.transforms import train_transform
-from vireid.distributed import all_reduce_mean, average_batchnorm_stats, is_distributed, world_size
-from vireid.evaluation.extract import table_features
-from vireid.evaluation.metrics import evaluate_features
+from vireid.distributed import average_batchnorm_stats, is_distributed
 from vireid.evaluation.provenance import ShardMismatchError
 from vireid.modeling import ReIDTask, VIReIDModel
 from vireid.modeling.speed import compile_for_speed
@@ -56,35 +44,25 @@ from vireid.training.checkpoint import (
     save_train_state,
     selected_from_state,
 )
-from vireid.training.runtime import StepRuntime, resolve_runtime
+from vireid.training.epoch import (
+    LogCallback,
+    StepCallback,
+    build_train_loader,
+    device_augment,
+    train_one_epoch,
+)
+from vireid.training.runtime import resolve_runtime
 from vireid.training.schedule import build_optimizer, build_scheduler
+from vireid.training.validation import VAL_PROTOCOL, validate
 
 log = logging.getLogger(__name__)
 
-VAL_PROTOCOL = (
-    "held-out training identities (split 'val', data.holdout_identities; never the test set): "
-    "val_* = infrared queries against the visible gallery, val_v2i_* = visible queries against "
-    "the infrared gallery; every image, no flip, no camera removal, standard CMC; values are "
-    "fractions in [0, 1]"
-)
 # config keys that do not change what is trained (excluded from the run fingerprint)
 # (memory_format and compile: the same arithmetic in another layout / as generated kernels)
 _RUNTIME_KEYS = ("max_failures", "checkpoint_every", "loader_workers", "cpus_per_worker", "log_every",
                  "memory_format", "compile", "ray_address", "storage")
 # the data keys training reads (the data itself enters the fingerprint as the shards' hash)
 _DATA_KEYS = ("dataset", "regdb_trial", "image_height", "image_width")
-# validation feature extraction: fixed, so that training does not depend on the eval section
-VAL_BATCH_SIZE = 128
-VAL_FLIP = False
-VAL_QUERY_CHUNK = 1024
-
-# called after every step with its 0-based index (no values: reading them would sync the device)
-StepCallback = Callable[[int], None]
-# called every train.log_every steps (and at the epoch's end) with that window's steps:
-# [(0-based step, {term: value})], the values read back from the device in one transfer
-LogCallback = Callable[[list[tuple[int, dict[str, float]]]], None]
-# a batch augmentation on the training device: uint8 [B,3,H,W] -> float [B,3,H,W]
-BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,168 +119,6 @@ def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
     """The network, initialised from ``cfg.train.seed`` (identical on every rank)."""
     seed_everything(int(cfg.train.seed))
     return VIReIDModel(cfg.model, num_classes)
-
-
-def build_train_loader(table: ShardTable, cfg: Config, rank: int = 0,
-                       world_size: int = 1) -> tuple[DataLoader, IdentityBalancedSampler]:
-    """Loader over split ``train`` with the identity-balanced sampler and AGW augmentation.
-
-    With ``train.augment_on_device`` the items carry the stored uint8 [3, H, W] images (the
-    workers only decode) and :func:`device_augment` is applied to each batch on the device.
-    """
-    t = cfg.train
-    sampler = IdentityBalancedSampler(
-        table.label, table.modality, identities_per_batch=t.identities_per_batch,
-        instances_per_modality=t.instances_per_modality, seed=t.seed, rank=rank,
-        world_size=world_size, batches_per_epoch=t.iters_per_epoch or None)
-    transform = None if t.augment_on_device else train_transform(cfg.data.image_height,
-                                                                 cfg.data.image_width)
-    dataset = ShardImageDataset(table, transform)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=t.loader_workers,
-                        persistent_workers=False, pin_memory=t.use_gpu)
-    return loader, sampler
-
-
-def device_augment(cfg: Config) -> BatchTransform | None:
-    """The batched AGW augmentation when ``train.augment_on_device`` (else None: per image)."""
-    if not cfg.train.augment_on_device:
-        return None
-    return BatchAugment(size=(cfg.data.image_height, cfg.data.image_width))
-
-
-def device_batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-    """``(image, label, modality)`` of each batch on ``device``, one batch ahead: the copy of
-    batch i+1 is issued (non-blocking, from pinned memory on CUDA) before batch i is used."""
-    def move(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return tuple(batch[k].to(device, non_blocking=True) for k in ("image", "label", "modality"))
-
-    it = iter(loader)
-    ahead = next(it, None)
-    nxt = None if ahead is None else move(ahead)
-    while nxt is not None:
-        current = nxt
-        ahead = next(it, None)
-        nxt = None if ahead is None else move(ahead)
-        yield current
-
-
-def train_one_epoch(
-    task: ReIDTask,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    *,
-    epoch: int,
-    device: torch.device,
-    runtime: StepRuntime,
-    forward: nn.Module | None = None,
-    on_step: StepCallback | None = None,
-    on_log: LogCallback | None = None,
-    log_every: int = 10,
-    augment: BatchTransform | None = None,
-) -> dict[str, float]:
-    """One pass over ``loader``: losses -> weighted sum -> backward -> step -> memory write.
-
-    ``forward``: the module the batch goes through (the task wrapped in
-    DistributedDataParallel when data-parallel, whose gradient all-reduce overlaps the
-    backward pass); default ``task``. ``runtime``: autocast and memory format
-    (:mod:`vireid.training.runtime`). ``augment``: applied to each image batch on ``device``
-    (the loader then yields uint8 batches, see :func:`device_augment`).
-
-    No step reads a value back to the host: the loss terms and diagnostics stay on the
-    device and are read every ``log_every`` steps (and at the end), when a non-finite loss
-    of that window raises :class:`FloatingPointError` naming its step. ``on_step(i)`` runs
-    after every step, ``on_log(rows)`` after every read-back. Returns the epoch means of
-    every term, ``loss`` (the ``loss.weights``-weighted total) and the task's diagnostics
-    (``kdw_*``, ``conf_*``; averaged over ranks when distributed), ``steps``, ``images`` (all
-    ranks), ``seconds`` and ``images_per_s``.
-    """
-    task.train()
-    forward = task if forward is None else forward
-    world = world_size()
-    names: list[str] = []  # the order of the values in each step's row
-    window: list[torch.Tensor] = []  # rows [V] of the steps not yet read back
-    total: torch.Tensor | None = None  # float64 [V] sums over the epoch (host)
-    steps = images = 0
-    t0 = time.perf_counter()
-
-    def read_back(last_step: int) -> None:
-        nonlocal total
-        rows = torch.stack(window).double().cpu()  # [W,V]: the one host transfer of the window
-        first = last_step - len(window) + 1
-        window.clear()
-        finite = torch.isfinite(rows[:, names.index("loss")])
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
-            terms = dict(zip(names, rows[bad].tolist(), strict=True))
-            raise FloatingPointError(f"epoch {epoch + 1} step {first + bad}: non-finite loss {terms}")
-        total = rows.sum(0) if total is None else total + rows.sum(0)
-        logged = [(first + j, dict(zip(names, r.tolist(), strict=True))) for j, r in enumerate(rows)]
-        if on_log is not None:
-            on_log(logged)
-        rate = images / max(time.perf_counter() - t0, 1e-9)
-        log.info("epoch %d step %d/%d: %s (%.1f images/s)", epoch + 1, last_step + 1, len(loader),
-                 " ".join(f"{k}={v:.4f}" for k, v in logged[-1][1].items() if not k.startswith(("kdw_", "conf_"))),
-                 rate)
-
-    i = -1
-    for i, (x, y, m) in enumerate(device_batches(loader, device)):
-        if augment is not None:
-            x = augment(x)  # uint8 [B,3,H,W] -> float [B,3,H,W], on the device
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y, m = y.long(), m.long()
-        with runtime.autocast():
-            losses, state = forward(x, y, m)
-        loss = task.total(losses)  # float32, weighted by loss.weights
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        task.after_step(state)
-        values = {**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach(), **state.diagnostics}
-        if not names:
-            names = list(values)
-        window.append(torch.stack([values[k].float() for k in names]))  # [V], on the device
-        steps += 1
-        images += x.shape[0] * world
-        if on_step is not None:
-            on_step(i)
-        if len(window) >= log_every:
-            read_back(i)
-    if steps == 0:
-        raise ValueError(f"epoch {epoch + 1}: the sampler produced no batches")
-    if window:
-        read_back(i)
-    assert total is not None
-    means = all_reduce_mean((total / steps).to(device)).cpu()
-    seconds = time.perf_counter() - t0
-    out = {k: float(v) for k, v in zip(names, means.tolist(), strict=True)}
-    out.update(steps=float(steps), images=float(images), seconds=seconds,
-               images_per_s=images / max(seconds, 1e-9))
-    return out
-
-
-def validate(model: VIReIDModel, table: ShardTable, cfg: Config, device: torch.device) -> dict[str, float]:
-    """mAP/Rank-1/mINP on the held-out identities, both directions (see :data:`VAL_PROTOCOL`).
-
-    ``val_*``: infrared query -> visible gallery; ``val_v2i_*``: visible -> infrared.
-    """
-    vis = np.flatnonzero(table.modality == Modality.VISIBLE.code)
-    ir = np.flatnonzero(table.modality == Modality.INFRARED.code)
-    if len(vis) == 0 or len(ir) == 0:
-        raise ValueError("validation split needs visible and infrared images")
-    size = (cfg.data.image_height, cfg.data.image_width)
-    f_vis, f_ir = (table_features(model, table, image_size=size, device=device, batch_size=VAL_BATCH_SIZE,
-                                  flip=VAL_FLIP, rows=rows) for rows in (vis, ir))
-    ids, cams = table.identity, table.camera
-    out: dict[str, float] = {}
-    for prefix, (qf, qi, gf, gi) in {"val": (f_ir, ir, f_vis, vis),
-                                      "val_v2i": (f_vis, vis, f_ir, ir)}.items():
-        r = evaluate_features(qf, gf, ids[qi], ids[gi], cams[qi], cams[gi], sysu_removal=False,
-                              unique_ids_cmc=False, chunk=VAL_QUERY_CHUNK)
-        s = r.summary()
-        out.update({f"{prefix}_mAP": s["mAP"], f"{prefix}_rank1": s["rank1"],
-                    f"{prefix}_mINP": s["mINP"]})
-    return out
 
 
 # ---------------------------------------------------------------------------------------

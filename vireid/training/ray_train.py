@@ -34,9 +34,9 @@ from ray.train.torch import TorchTrainer
 
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
+from vireid.data.staging import ShardSource, local_shards
 from vireid.io import atomic_write_json, atomic_write_text
 from vireid.ray_session import alive_nodes, ray_session, storage_location
-from vireid.shard_staging import ShardSource, local_shards
 from vireid.tracking.store import check_reachable_from_nodes
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
 from vireid.training.loop import Trainer, check_shards, run_fingerprint, training_summary
@@ -90,7 +90,7 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     """Ray Train worker function: restore, train the remaining epochs, report, checkpoint.
 
     ``loop_config``: ``config`` (plain dict of :class:`Config`), ``shards`` (a
-    :class:`~vireid.shard_staging.ShardSource`: read in place or copied to this node), ``fault``
+    :class:`~vireid.data.staging.ShardSource`: read in place or copied to this node), ``fault``
     (test hook or None), ``tracking`` (``{"tracking_uri", "run_id"}`` or None). Rank 0
     returns ``{"epoch", "history"}``.
     """
@@ -168,7 +168,7 @@ def build_trainer(
     filesystem, :func:`vireid.ray_session.ray_storage`) a path on it. ``fault`` and ``tracking``: see
     :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept. ``shards``:
     where the workers read the shard set (a folder is read in place; on a cluster the staged
-    set of :func:`vireid.shard_staging.shard_source`).
+    set of :func:`vireid.data.staging.shard_source`).
     """
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
@@ -236,7 +236,7 @@ def fit(
     ``model.pt`` (selected weights + metadata), ``train_summary.json`` and ``history.csv``.
     ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
     ``shards_at``: where the workers read ``shards_dir``'s set (default: the folder itself; on
-    a cluster, :func:`vireid.shard_staging.shard_source`).
+    a cluster, :func:`vireid.data.staging.shard_source`).
     """
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
     check_shards(cfg, ShardSet(shards_dir))  # here, not only in the workers: Ray would retry them

@@ -37,8 +37,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
+from vireid.data.staging import ShardSource
 from vireid.ray_session import alive_nodes, ray_session, storage_location
-from vireid.shard_staging import ShardSource
 from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
@@ -114,7 +114,7 @@ def run_search(
     ``train.ray_address`` (a new local instance with :func:`cpus_needed` CPUs when empty)
     unless Ray is already initialised. A trial is retried ``train.max_failures`` times.
     ``shards_at``: where the trials' workers read ``shards_dir``'s set (default: the folder
-    itself; on a cluster, :func:`vireid.shard_staging.shard_source`).
+    itself; on a cluster, :func:`vireid.data.staging.shard_source`).
     """
     shards_dir = Path(shards_dir).resolve()
     storage = (str(storage_path) if storage_filesystem is not None

@@ -1,4 +1,4 @@
-"""Shards staged where a cluster's workers read them (:mod:`vireid.shard_staging`): on a shared
+"""Shards staged where a cluster's workers read them (:mod:`vireid.data.staging`): on a shared
 folder read in place, on an object store copied once per node and verified. The object-store
 code runs here on pyarrow's local filesystem handed in as the store (the same calls as S3;
 the real S3 server is exercised by tests/infra/test_two_node_cluster.py)."""
@@ -13,7 +13,7 @@ import pytest
 
 from vireid.data.errors import DatasetError
 from vireid.data.shards import ShardSet
-from vireid.shard_staging import ShardSource, local_shards, shard_key, shard_source, stage_shards
+from vireid.data.staging import ShardSource, local_shards, shard_key, shard_source, stage_shards
 
 
 def _digests(folder: Path) -> dict[str, str]:
