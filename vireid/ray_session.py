@@ -23,6 +23,15 @@ import ray
 
 log = logging.getLogger(__name__)
 
+#: Environment of every Ray worker process a stage starts (Ray's job ``runtime_env``).
+#: ``OMP_WAIT_POLICY=PASSIVE``: an OpenMP thread that has finished its share of an operator
+#: sleeps instead of spinning for the next one. A training worker's threads share their cores
+#: with Ray's own processes, the driver and the loader; spinning threads then take turns with
+#: them at every parallel region, and a step on 2 cores ran 5-8x slower than on 1 thread on a
+#: loaded machine (docs/benchmarks.md, "Training on the CPU"). It must be in the environment
+#: before the process loads OpenMP, hence here and not in the training code.
+WORKER_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 def is_uri(storage: str) -> bool:
     """Whether ``storage`` names an object store (``scheme://...``) rather than a local path."""
@@ -87,7 +96,7 @@ def start_local_ray(num_cpus: int, num_gpus: int = 0, object_store_mb: int = 256
     try:
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True,
                  dashboard_host="127.0.0.1", object_store_memory=object_store_mb * 1024 * 1024,
-                 log_to_driver=True)
+                 log_to_driver=True, runtime_env={"env_vars": dict(WORKER_ENV)})
     finally:
         for k, v in saved.items():
             if v is None:
@@ -101,14 +110,15 @@ def start_local_ray(num_cpus: int, num_gpus: int = 0, object_store_mb: int = 256
 def ray_session(address: str, *, num_cpus: int, num_gpus: int = 0,
                 object_store_mb: int = 256) -> Iterator[None]:
     """Ray for the block: the cluster at ``address`` (joined without resource arguments) or,
-    with ``address`` empty, a new local instance of ``num_cpus``/``num_gpus``. A Ray this
-    process initialised before is used as it is; what the block started or joined it ends.
+    with ``address`` empty, a new local instance of ``num_cpus``/``num_gpus``; either way its
+    workers start with :data:`WORKER_ENV`. A Ray this process initialised before is used as it
+    is; what the block started or joined it ends.
     """
     if ray.is_initialized():
         yield
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(WORKER_ENV)})
         log.info("joined the Ray cluster at %s (%d nodes)", address,
                  sum(1 for n in ray.nodes() if n.get("Alive")))
     else:
