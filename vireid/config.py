@@ -121,7 +121,9 @@ class ModelConfig:
     gem_p: float = 3.0  # generalised-mean pooling exponent
     fusion: bool = True  # dual classifiers + attention fusion (section 1)
     memory: bool = True  # multi-view memory (section 2)
-    memory_size: int = 8  # S: slots per identity in the memory
+    memory_size: int = 8  # S: slots per identity in the memory (per identity and modality with memory_views: other)
+    memory_views: Literal["both", "other"] = "both"  # teacher of a sample: its identity's views of both modalities | of the OTHER modality only (reading a, docs/method.md)
+    dual_probe: bool = False  # W^v, W^r trained on detached g: probes that do not move the shared layers (reading c)
     non_local: bool = True  # AGW's non-local attention blocks in layer2/layer3 (docs/method.md)
 
     def __post_init__(self) -> None:
@@ -139,6 +141,7 @@ class LossWeights:
     dual: float = 1.0  # modality classifiers W^v, W^r
     fuse: float = 1.0  # fused pair features under the shared classifier
     kd: float = 1.0  # self-distillation
+    infer: float = 1.0  # feature-level inference toward the other modality (loss.infer; reading b)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,12 +160,15 @@ class LossConfig:
     distill: bool = True  # self-distillation from fusion and memory teachers (section 3)
     dynamic: bool = True  # parameter-free dynamic weight; False: static weight 1
     temperature: float = 4.0  # T of the distillation softmax
+    infer: Literal["none", "memory", "fused"] = "none"  # reading b: pull normalised g toward the detached memory teacher's feature | the fused pair feature h
+    distill_start: float = 0.0  # reading e: kd and infer join after this fraction of train.epochs (0: from the first step)
     weights: LossWeights = field(default_factory=LossWeights)  # weight of each term in the total
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         _check(self.margin >= 0.0, "loss.margin", "must be >= 0")
         _check(self.temperature > 0.0, "loss.temperature", f"must be > 0, got {self.temperature}")
+        _check(0.0 <= self.distill_start < 1.0, "loss.distill_start", f"must be in [0, 1), got {self.distill_start}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,6 +349,10 @@ class Config:
         if self.loss.distill:
             _check(self.model.fusion or self.model.memory, "loss.distill",
                    "needs a teacher: turn on model.fusion or model.memory")
+        if self.loss.infer != "none":
+            needs = "memory" if self.loss.infer == "memory" else "fusion"
+            _check(getattr(self.model, needs), "loss.infer",
+                   f"{self.loss.infer!r} needs model.{needs}: turn it on or set loss.infer: none")
         family = self.eval.headline.split("/", 1)[0]
         _check(family == self.data.dataset, "eval.headline",
                f"{self.eval.headline!r} is a {family} metric but data.dataset is {self.data.dataset!r} "

@@ -154,3 +154,17 @@ def distillation_loss(student_logits: Tensor, teachers: list[tuple[Tensor, Tenso
         weights.append(w)
         total = total + (w * (t * t) * kl).sum()
     return total / student_logits.shape[0], weights
+
+
+def inference_loss(g: Tensor, target: Tensor, present: Tensor | None) -> Tensor:
+    """Feature-level inference (docs/method.md, reading b): ``mean_i ||n(g_i) - n(t_i)||^2``
+    with ``n`` the L2 normalisation and ``t`` detached here (the other modality's multi-view
+    feature or the fused pair feature); ``present [N]`` masks samples without a target (the
+    mean still runs over all N). Equals ``2 - 2 cos(g_i, t_i)`` per sample: in [0, 4].
+
+    g [N,d], target [N,d] -> 0-dim float32.
+    """
+    d = (F.normalize(g.float(), dim=1) - F.normalize(target.detach().float(), dim=1)).pow(2).sum(1)  # [N]
+    if present is not None:
+        d = d * present.to(d.dtype)
+    return d.mean()

@@ -63,8 +63,9 @@ class VIReIDModel(nn.Module):
             self.dual_classifiers = nn.ModuleList(
                 [_classifier(self.feat_dim, num_classes) for _ in range(2)])
         self.memory: MultiViewMemory | None = None
-        if cfg.memory:
-            self.memory = MultiViewMemory(num_classes, cfg.memory_size, self.feat_dim)
+        if cfg.memory:  # memory_views "other": one ring per (identity, modality), row 2 * label + modality
+            rows = num_classes * (2 if cfg.memory_views == "other" else 1)
+            self.memory = MultiViewMemory(rows, cfg.memory_size, self.feat_dim)
 
     def forward(self, x: Tensor, modality: Tensor, split: int | None = None) -> dict[str, Tensor]:
         # x [B,3,H,W], modality [B] -> f [B,d] pooled (triplet), g [B,d] BNNeck (classifiers)

@@ -19,7 +19,7 @@ from vireid.modeling.model import VIReIDModel
 class TaskState:
     """What one step hands to :meth:`ReIDTask.after_step` (and to logging).
 
-    ``features [B,d]``: detached BNNeck features g of the batch; ``labels [B]``;
+    ``features [B,d]``: detached BNNeck features g of the batch; ``labels [B]``; ``modalities [B]`` (needed by a per-modality memory);
     ``diagnostics``: detached 0-dim tensors logged per epoch: ``kdw_<teacher>``, the mean
     distillation weight per teacher (``fuse``, ``mem``; only when distilling), and
     ``conf_<who>``, the mean softmax probability of the true identity under the student's
@@ -29,6 +29,7 @@ class TaskState:
     features: Tensor
     labels: Tensor
     diagnostics: dict[str, Tensor]
+    modalities: Tensor | None = None
 
 
 def check_batch_layout(labels: Tensor, modalities: Tensor) -> int:
@@ -59,9 +60,15 @@ class ReIDTask(nn.Module):
     """Computes the method's named loss terms for a sampler batch (docs/method.md sections 0-3).
 
     Terms: ``id`` (shared classifier on g), ``tri`` (triplet on f, unless ``loss.triplet``
-    is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when ``loss.distill``).
-    :meth:`total` weighs them with ``loss.weights``. The task holds no optimiser and no
-    parameters of its own.
+    is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when ``loss.distill``),
+    ``infer`` (when ``loss.infer`` is not none). :meth:`total` weighs them with
+    ``loss.weights``. The task holds no optimiser and no parameters of its own.
+
+    The readings of docs/method.md ("Readings that carry features across modalities"):
+    ``model.memory_views: other`` gives each sample the memory teacher of its identity's
+    views of the other modality; ``model.dual_probe`` trains W^v, W^r on detached g;
+    ``loss.infer`` adds the feature-level term; ``late_terms`` (set per epoch by the Trainer
+    from ``loss.distill_start``) switches ``kd`` and ``infer`` on.
     """
 
     def __init__(self, model: VIReIDModel, loss_cfg: LossConfig) -> None:
@@ -69,6 +76,7 @@ class ReIDTask(nn.Module):
         if loss_cfg.distill and model.dual_classifiers is None and model.memory is None:
             raise ValueError("loss.distill: needs a teacher: turn on model.fusion or model.memory")
         self.model, self.cfg = model, loss_cfg
+        self.late_terms = True  # kd and infer computed (the Trainer turns them on at loss.distill_start)
 
     def forward(self, images: Tensor, labels: Tensor, modalities: Tensor) -> tuple[dict[str, Tensor], TaskState]:
         # images [B,3,H,W] in sampler layout, labels [B], modalities [B] -> named scalar losses
@@ -84,10 +92,14 @@ class ReIDTask(nn.Module):
                                            cfg.triplet_pairs)
         teachers: list[tuple[Tensor, Tensor | None]] = []
         names: list[str] = []
+        h: Tensor | None = None
+        m_feat: Tensor | None = None
+        m_has: Tensor | None = None
         if model.dual_classifiers is not None:
             w_v, w_r = model.dual_classifiers[0].weight, model.dual_classifiers[1].weight  # [C,d]
             g_v, g_r, y = g[:n], g[n:], labels[:n]  # [n,d], [n,d], [n]
-            losses["dual"] = L.dual_classifier_loss(F.linear(g_v, w_v), y, F.linear(g_r, w_r), y,
+            d_v, d_r = (g_v.detach(), g_r.detach()) if model.cfg.dual_probe else (g_v, g_r)
+            losses["dual"] = L.dual_classifier_loss(F.linear(d_v, w_v), y, F.linear(d_r, w_r), y,
                                                     cfg.label_smoothing)
             h = fuse_pairs(g_v, g_r, y, w_v.detach(), w_r.detach())  # [n,d]
             fused_logits = F.linear(h, w)  # [n,C]
@@ -95,18 +107,27 @@ class ReIDTask(nn.Module):
             teachers.append((fused_logits.detach().repeat(2, 1), None))  # pair k teaches k and n+k
             names.append("fuse")
         if model.memory is not None:
-            m, has = model.memory.means()  # [C,d], [C]
-            mem_logits = F.linear(m[labels].to(g.dtype), w.detach())  # [B,C]
-            teachers.append((mem_logits, has[labels]))
+            m, has = model.memory.means()  # [R,d], [R]: R = C, or 2C rows (identity, modality)
+            rows = labels if model.cfg.memory_views == "both" else 2 * labels + (1 - modalities)  # [B]
+            m_feat, m_has = m[rows], has[rows]  # [B,d], [B]
+            mem_logits = F.linear(m_feat.to(g.dtype), w.detach())  # [B,C]
+            teachers.append((mem_logits, m_has))
             names.append("mem")
         diagnostics = {"conf_student": _true_class_confidence(logits, labels, None)}
         for name, (t_logits, present) in zip(names, teachers, strict=True):
             diagnostics[f"conf_{name}"] = _true_class_confidence(t_logits, labels, present)
-        if cfg.distill:
+        if cfg.distill and self.late_terms:
             losses["kd"], weights = L.distillation_loss(logits, teachers, labels, cfg.temperature,
                                                         cfg.dynamic)
             diagnostics.update({f"kdw_{k}": v.mean().detach() for k, v in zip(names, weights, strict=True)})
-        return losses, TaskState(g.detach(), labels.detach(), diagnostics)
+        if cfg.infer != "none" and self.late_terms:
+            if cfg.infer == "memory":
+                assert m_feat is not None and m_has is not None  # checked by Config
+                losses["infer"] = L.inference_loss(g, m_feat, m_has)
+            else:
+                assert h is not None
+                losses["infer"] = L.inference_loss(g, h.detach().repeat(2, 1), None)
+        return losses, TaskState(g.detach(), labels.detach(), diagnostics, modalities.detach())
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum_k loss.weights.k * losses[k]`` in float32 (0-dim)."""
@@ -126,6 +147,10 @@ class ReIDTask(nn.Module):
             return
         order = interleave_modalities(state.labels.shape[0], state.labels.device)  # [B]
         features, labels = state.features[order], state.labels[order]
+        if self.model.cfg.memory_views == "other":  # row of the (identity, modality) ring
+            if state.modalities is None:
+                raise ValueError("memory_views 'other': the step's modalities are needed to write the memory")
+            labels = 2 * labels + state.modalities[order]
         if is_distributed():
             features, labels = all_gather_rows(features.float()), all_gather_rows(labels)
         memory.write(features, labels)

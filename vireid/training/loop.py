@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -113,6 +114,12 @@ def check_shards(cfg: Config, shards: ShardSet) -> None:
         if m.get(key) != value:
             raise ShardMismatchError(f"shards {path}: {key} is {m.get(key)!r} but data.{key} is "
                                      f"{value!r}; rerun the prepare stage")
+
+
+def late_terms_epoch(cfg: Config) -> int:
+    """0-based epoch from which ``kd`` and ``infer`` are computed: ``loss.distill_start`` of
+    ``train.epochs``, rounded up (0: from the first step)."""
+    return math.ceil(cfg.loss.distill_start * cfg.train.epochs - 1e-9)
 
 
 def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
@@ -229,6 +236,7 @@ class Trainer:
         e = self.epoch  # 0-based index of the epoch to run
         seed_everything(epoch_seed(self.cfg.train.seed, e, self.rank))
         self.sampler.set_epoch(e)
+        self.task.late_terms = e >= late_terms_epoch(self.cfg)
         lrs = {g.get("name", str(k)): g["lr"] for k, g in enumerate(self.optimizer.param_groups)}
         stats = train_one_epoch(self.task, self.loader, self.optimizer, epoch=e, device=self.device,
                                 runtime=self.runtime, forward=self.forward, on_step=on_step,

@@ -1,0 +1,115 @@
+"""The cross-modal readings of docs/method.md (switches; today's reading stays the default):
+a) memory teacher from the other modality's views, b) feature-level inference,
+c) dual classifiers as probes, e) late distillation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.modeling.helpers import batch, make_task
+from vireid.config import Config, ConfigError, config_from_dict, config_to_dict
+from vireid.modeling import losses as L
+
+FULL = {"fusion": True, "memory": True}
+
+
+def test_other_modality_memory_teacher_is_the_mean_of_the_other_modalitys_views() -> None:
+    task = make_task(model={**FULL, "memory_views": "other", "memory_size": 4}, loss={"dynamic": False})
+    mem = task.model.memory
+    assert mem is not None and mem.bank.shape[0] == 2 * 4  # a ring per (identity, modality)
+    images, labels, mods = batch(p=4, k=2)  # 8 visible then 8 infrared
+    _, state = task(images, labels, mods)
+    task.after_step(state)
+    g = state.features
+    # identity 1: visible rows 2,3 -> ring 2; infrared rows 10,11 -> ring 3; each ring one modality
+    assert mem.valid[2].sum() == 2 and mem.valid[3].sum() == 2
+    torch.testing.assert_close(mem.bank[2, :2], g[[2, 3]])
+    torch.testing.assert_close(mem.bank[3, :2], g[[10, 11]])
+    m, has = mem.means()
+    # a visible sample of identity 1 is taught by its identity's infrared views, and the reverse
+    torch.testing.assert_close(m[2 * 1 + 1], g[[10, 11]].mean(0))
+    torch.testing.assert_close(m[2 * 1 + 0], g[[2, 3]].mean(0))
+    # the memory teacher's logits in the next step are W times the other modality's mean
+    losses, state2 = task(images, labels, mods)
+    w = task.model.classifier.weight.detach()
+    conf_by_hand = []
+    for i in range(16):
+        row = 2 * int(labels[i]) + 1 - int(mods[i])
+        conf_by_hand.append(torch.softmax(F.linear(m[row], w), 0)[labels[i]].item())
+    assert state2.diagnostics["conf_mem"].item() == pytest.approx(float(np.mean(conf_by_hand)), rel=1e-5)
+
+
+def test_both_views_memory_is_unchanged_by_default() -> None:
+    task = make_task(model=FULL)
+    assert task.model.cfg.memory_views == "both" and task.model.memory is not None
+    assert task.model.memory.bank.shape[0] == 4  # one ring per identity, as before
+
+
+def _shared_grad_of(term: str, model: dict) -> float:
+    task = make_task(model={**FULL, **model}, loss={"distill": False})
+    losses, _ = task(*batch(seed=3))
+    losses[term].backward()
+    grads = [p.grad for p in task.model.backbone.parameters() if p.grad is not None]
+    return float(sum(gr.abs().sum() for gr in grads)) if grads else 0.0
+
+
+def test_dual_probes_train_their_classifiers_but_do_not_move_the_shared_layers() -> None:
+    assert _shared_grad_of("dual", {}) > 0  # today's reading: the dual term reaches the backbone
+    assert _shared_grad_of("dual", {"dual_probe": True}) == 0.0
+    task = make_task(model={**FULL, "dual_probe": True}, loss={"distill": False})
+    losses, _ = task(*batch(seed=3))
+    losses["dual"].backward()
+    assert task.model.dual_classifiers is not None
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in task.model.dual_classifiers)
+
+
+def test_inference_loss_by_hand() -> None:
+    g = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[4.0, 3.0], [0.0, 5.0], [0.0, 1.0]])
+    # 2 - 2 cos: (2 - 2 * 24/25), (2 - 0), (2 - 2)
+    assert L.inference_loss(g, t, None).item() == pytest.approx((0.08 + 2.0 + 0.0) / 3, rel=1e-6)
+    assert L.inference_loss(g, t, torch.tensor([True, False, True])).item() == pytest.approx(0.08 / 3, rel=1e-6)
+    g.requires_grad_(True)
+    t.requires_grad_(True)
+    L.inference_loss(g, t, None).backward()
+    assert t.grad is None and g.grad is not None  # the target is detached
+
+
+@pytest.mark.parametrize("target", ["memory", "fused"])
+def test_infer_term_pulls_g_toward_the_detached_target(target: str) -> None:
+    task = make_task(model={**FULL, "memory_views": "other"}, loss={"infer": target})
+    images, labels, mods = batch(p=4, k=2)
+    losses, state = task(images, labels, mods)
+    task.after_step(state)
+    losses, state = task(images, labels, mods)
+    assert "infer" in losses and 0.0 < losses["infer"].item() <= 4.0
+    task.total(losses).backward()
+    assert all(p.grad is not None for p in task.model.backbone.parameters() if p.requires_grad)
+
+
+def test_late_terms_off_leaves_out_kd_and_infer() -> None:
+    task = make_task(model={**FULL, "memory_views": "other"}, loss={"infer": "memory"})
+    task.late_terms = False
+    losses, state = task(*batch())
+    assert set(losses) == {"id", "tri", "dual", "fuse"} and not any(k.startswith("kdw_") for k in state.diagnostics)
+    task.late_terms = True
+    assert {"kd", "infer"} <= set(task(*batch())[0])
+
+
+def _config(**loss: object) -> Config:
+    plain = config_to_dict(Config())
+    plain["loss"].update(loss)
+    return config_from_dict(plain)
+
+
+def test_infer_needs_its_teacher_and_distill_start_is_a_fraction() -> None:
+    plain = config_to_dict(Config())
+    plain["model"]["memory"] = False
+    plain["loss"]["infer"] = "memory"
+    with pytest.raises(ConfigError, match=r"loss\.infer.*model\.memory"):
+        config_from_dict(plain)
+    with pytest.raises(ConfigError, match=r"loss\.distill_start"):
+        _config(distill_start=1.0)
