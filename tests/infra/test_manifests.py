@@ -442,6 +442,17 @@ def test_rayjob_entrypoint_leaves_the_results_outside_the_pods() -> None:
     assert all(i >= 0 for i in at) and at == sorted(at), dict(zip(steps, at, strict=True))
 
 
+def test_rayjob_applies_a_recipe_before_the_run() -> None:
+    """The job runs the paper's recipe, not the CPU demo of the image's params.yaml."""
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    recipe = re.search(r"vireid recipe (\w+)", entry)
+    assert recipe, entry
+    assert (REPO / "recipes" / f"{recipe.group(1)}.yaml").is_file()
+    assert entry.find("vireid recipe") < entry.find("dvc exp run")
+    recipe_params = _load(REPO / "recipes" / f"{recipe.group(1)}.yaml")
+    assert recipe_params["train"]["use_gpu"] is True and recipe_params["model"]["arch"] == "resnet50"
+
+
 KUBERAY_FIELDS = {  # field -> the first KubeRay release that has it (see infra/README.md)
     "spec.backoffLimit": (1, 2, 0),  # ray-project/kuberay#2192, release v1.2.0
     "rayClusterSpec.authOptions.mode": (1, 5, 1),  # release v1.5.1: Ray token auth
