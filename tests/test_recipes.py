@@ -153,3 +153,32 @@ def test_truncated_epoch_on_real_data_warns_with_the_fraction(tmp_path: Path, ca
     assert truncated_epoch_warning(demo, _manifest("real", 640)) is None  # 20 batches = a full pass
     assert _recipe("sysu_agw", params, capsys)[0] == 0
     assert truncated_epoch_warning(load_config(params), _manifest("real", 22258)) is None  # full epochs
+
+
+def test_tune_apply_writes_the_best_trial_into_params(tmp_path: Path, capsys) -> None:
+    from vireid.tuning.results import best_params
+
+    params = _copy_params(tmp_path)
+    out = tmp_path / "tune"
+    out.mkdir()
+    best = best_params({"experiment": "tune-x", "best": {"memory_size": 32, "temperature": 2.5}})
+    (out / "best_params.yaml").write_text(  # as the tune stage writes it (results.write_outputs)
+        "# written by the tune stage (vireid.tuning): the best trial's S and T\n"
+        + yaml.safe_dump(best, sort_keys=True), encoding="utf-8")
+    before = params.read_text(encoding="utf-8")
+    code = main(["tune", "apply", "--params", str(params), "--best", str(out / "best_params.yaml")])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "  model.memory_size: 8 -> 32\n" in text and "  loss.temperature: 4.0 -> 2.5\n" in text
+    cfg = load_config(params)
+    assert (cfg.model.memory_size, cfg.loss.temperature) == (32, 2.5)
+    after = params.read_text(encoding="utf-8")
+    assert _comments(after) == _comments(before)
+    assert [ln for ln in after.splitlines() if "memory_size" not in ln and "temperature:" not in ln] == \
+        [ln for ln in before.splitlines() if "memory_size" not in ln and "temperature:" not in ln]
+    # again: nothing to change; a missing result is one line and exit code 2
+    assert main(["tune", "apply", "--params", str(params), "--best", str(out / "best_params.yaml")]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert main(["tune", "apply", "--params", str(params), "--best", str(out / "none.yaml")]) == 2
+    assert capsys.readouterr().err == (f"error: {out / 'none.yaml'}: no tune result "
+                                       "(run the tune stage first: uv run vireid repro tune)\n")

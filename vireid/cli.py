@@ -10,6 +10,7 @@ Run it where ``params.yaml`` lives (or point ``--params`` at one)::
     vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
     vireid recipe sysu_agw                   # recipes/sysu_agw.yaml -> params.yaml (prints the changes)
+    vireid tune apply                        # the tune stage's best S and T -> params.yaml
 
 This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
 the DVC entry points ``pipelines/*.py`` call), :mod:`vireid.tracking.pipeline_state` and
@@ -51,7 +52,27 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _cmd_stage(args: argparse.Namespace, extra: list[str]) -> int:
+    if getattr(args, "action", None) == "apply":
+        return _cmd_tune_apply(args, extra)
     _stage(args.command).main(["--params", args.params, *extra])
+    return 0
+
+
+def _cmd_tune_apply(args: argparse.Namespace, extra: list[str]) -> int:
+    """``vireid tune apply [--best FILE]``: the tune stage's best S and T -> params.yaml."""
+    from vireid.recipes import apply_tuned
+
+    parser = argparse.ArgumentParser(prog="vireid tune apply")
+    parser.add_argument("--best", default="outputs/tune/best_params.yaml",
+                        help="the tune stage's best trial (default outputs/tune/best_params.yaml)")
+    best = parser.parse_args(extra).best
+    changes = apply_tuned(args.params, best)
+    if not changes:
+        print(f"{args.params}: already holds the best trial of {best}; nothing changed")
+        return 0
+    print(f"{args.params}: applied the best trial of {best}")
+    for change in changes:
+        print(f"  {change.line()}")
     return 0
 
 
@@ -162,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         p = sub.add_parser(stage, parents=[common], help=f"run the {stage} stage (vireid.stages.{stage}; other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+        if stage == "tune":
+            p.add_argument("action", nargs="?", choices=["apply"],
+                           help="apply: write the best trial's model.memory_size and loss.temperature "
+                                "(outputs/tune/best_params.yaml, or --best FILE) into --params")
         p.set_defaults(func=_cmd_stage)
     p = sub.add_parser("repro", parents=[common],
                        help=f"dvc repro of the target stages (default {REPRO_DEFAULT_TARGET}; options go to dvc)")

@@ -199,3 +199,23 @@ def apply_recipe(params_path: str | os.PathLike[str], folder: str | os.PathLike[
     recipe's path and the changes."""
     path, values = load_recipe(folder, name)
     return path, set_params(params_path, values, str(path))
+
+
+TUNED_KEYS: tuple[str, ...] = ("model.memory_size", "loss.temperature")  # what the tune stage searches
+
+
+def apply_tuned(params_path: str | os.PathLike[str], best_path: str | os.PathLike[str]) -> list[Change]:
+    """Write the best trial's S and T (the tune stage's ``best_params.yaml``) into the
+    parameters file (:func:`set_params`); returns the changes."""
+    best_path = Path(best_path)
+    if not best_path.is_file():
+        raise ConfigError(f"{best_path}: no tune result (run the tune stage first: uv run vireid repro tune)")
+    try:
+        values = yaml.safe_load(best_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{best_path}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
+    flat = flatten(values if values is not None else {}, str(best_path))
+    if sorted(flat) != sorted(TUNED_KEYS):
+        raise ConfigError(f"{best_path}: holds {', '.join(sorted(flat))}, not the tuned "
+                          f"{', '.join(TUNED_KEYS)} (a tune stage's best_params.yaml)")
+    return set_params(params_path, flat, str(best_path))
