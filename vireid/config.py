@@ -173,7 +173,7 @@ class TrainConfig:
 
     seed: int = 0  # seeds sampler, augmentation and initialisation
     epochs: int = 80  # training epochs
-    iters_per_epoch: int = 0  # sampler batches per epoch; 0: one pass over the visible images
+    iters_per_epoch: int = 0  # sampler batches per epoch and worker; 0 (default, real data, the AGW recipes): a full pass over the visible images; > 0 truncates (the CPU demo: 20; on real data the train stage warns)
     identities_per_batch: int = 8  # P
     instances_per_modality: int = 4  # K visible + K infrared per identity
     lr: float = 0.1  # learning rate of new layers (classifiers, BNNeck)
