@@ -174,3 +174,55 @@ def test_tune_lists_what_its_trials_read() -> None:
     its params are the train stage's and the tune section (the train stage's are checked by
     tests/training/test_dvc_params.py)."""
     assert set(_listed("tune")) == set(_listed("train")) | {"tune"}
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plotted(content: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """The series of one rendered DVC plot: y column -> [(epoch, value)] for non-empty values."""
+    values = content["data"]["values"]
+    single = None
+    if not any("field" in v for v in values):  # one y column: named in the layer encoding
+        single = next(layer["encoding"]["y"]["field"] for layer in content["layer"]
+                      if "y" in layer.get("encoding", {}))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for v in values:
+        name = v.get("field", single)
+        value = v["dvc_inferred_y_value"] if "dvc_inferred_y_value" in v else v[name]
+        if value != "":
+            series.setdefault(name, []).append((int(v["epoch"]), float(value)))
+    return series
+
+
+def test_training_curves_are_dvc_plots(tmp_path: Path) -> None:
+    """`dvc plots show/diff` draws val_mAP and every loss term of history.csv per epoch, so
+    two experiments' training curves are compared, not only their CMC."""
+    from vireid.config import LossWeights
+    from vireid.training.ray_train import write_history_csv
+
+    terms = [f.name for f in dataclasses.fields(LossWeights)]  # the task's loss term names
+    history = [{"epoch": e, "attempt": 0, "lr_new": 0.1, **{t: 5.0 - e - i / 10 for i, t in enumerate(terms)},
+                "loss": 20.0 - e, "seconds": 1.0, **({"val_mAP": 0.1 * e} if e % 2 == 0 else {})}
+               for e in (1, 2, 3, 4)]
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text(encoding="utf-8"), encoding="utf-8")
+    write_history_csv(tmp_path / "outputs/train/history.csv", history)
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DVC_NO_ANALYTICS": "1",
+           "HOME": str(tmp_path)}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    shown = json.loads(out.stdout)
+    errors = [e for e in shown.get("errors", []) if "history" in json.dumps(e) or e["name"].startswith("train")]
+    assert not errors, errors
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, plots in shown["data"].items():
+        for plot in plots:
+            if plot["type"] == "vega" and name != "outputs/eval/cmc.csv":
+                series |= _plotted(plot["content"])
+    assert series["val_mAP"] == [(2, pytest.approx(0.2)), (4, pytest.approx(0.4))]
+    assert series["loss"] == [(e, 20.0 - e) for e in (1, 2, 3, 4)]
+    for i, term in enumerate(terms):
+        assert series[term] == [(e, pytest.approx(5.0 - e - i / 10)) for e in (1, 2, 3, 4)], term

@@ -1,4 +1,4 @@
-"""The ``vireid`` command: pipeline stages, ``repro``, ``publish``/``restore``, ``search``, ``mlflow-ui``.
+"""The ``vireid`` command: pipeline stages, ``repro``, ``publish``/``restore``, ``search``, ``recipe``, ``mlflow-ui``.
 
 Run it where ``params.yaml`` lives (or point ``--params`` at one)::
 
@@ -9,10 +9,12 @@ Run it where ``params.yaml`` lives (or point ``--params`` at one)::
     vireid restore RUN_ID --dest DIR         # ... and back into a checkout (then: dvc pull)
     vireid search q.jpg --gallery photos/ --model models:/vireid@champion --top-k 5
     vireid mlflow-ui                         # MLflow UI on http://127.0.0.1:5000
+    vireid recipe sysu_agw                   # recipes/sysu_agw.yaml -> params.yaml (prints the changes)
+    vireid tune apply                        # the tune stage's best S and T -> params.yaml
 
 This module parses arguments only; the work is in :mod:`vireid.stages` (the same functions
 the DVC entry points ``pipelines/*.py`` call), :mod:`vireid.tracking.pipeline_state` and
-:mod:`vireid.retrieval`.
+:mod:`vireid.retrieval` and :mod:`vireid.recipes`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,27 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _cmd_stage(args: argparse.Namespace, extra: list[str]) -> int:
+    if getattr(args, "action", None) == "apply":
+        return _cmd_tune_apply(args, extra)
     _stage(args.command).main(["--params", args.params, *extra])
+    return 0
+
+
+def _cmd_tune_apply(args: argparse.Namespace, extra: list[str]) -> int:
+    """``vireid tune apply [--best FILE]``: the tune stage's best S and T -> params.yaml."""
+    from vireid.recipes import apply_tuned
+
+    parser = argparse.ArgumentParser(prog="vireid tune apply")
+    parser.add_argument("--best", default="outputs/tune/best_params.yaml",
+                        help="the tune stage's best trial (default outputs/tune/best_params.yaml)")
+    best = parser.parse_args(extra).best
+    changes = apply_tuned(args.params, best)
+    if not changes:
+        print(f"{args.params}: already holds the best trial of {best}; nothing changed")
+        return 0
+    print(f"{args.params}: applied the best trial of {best}")
+    for change in changes:
+        print(f"  {change.line()}")
     return 0
 
 
@@ -125,6 +147,19 @@ def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_recipe(args: argparse.Namespace, extra: list[str]) -> int:
+    from vireid.recipes import apply_recipe
+
+    path, changes = apply_recipe(args.params, args.recipes, args.name)
+    if not changes:
+        print(f"{args.params}: already as {path}; nothing changed")
+        return 0
+    print(f"{args.params}: applied {path} ({len(changes)} change{'s' if len(changes) > 1 else ''})")
+    for change in changes:
+        print(f"  {change.line()}")
+    return 0
+
+
 def _cmd_mlflow_ui(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid.tracking import server
     from vireid.tracking.store import local_store, prepare_store
@@ -148,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         p = sub.add_parser(stage, parents=[common], help=f"run the {stage} stage (vireid.stages.{stage}; other options go to the stage)")
         p.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+        if stage == "tune":
+            p.add_argument("action", nargs="?", choices=["apply"],
+                           help="apply: write the best trial's model.memory_size and loss.temperature "
+                                "(outputs/tune/best_params.yaml, or --best FILE) into --params")
         p.set_defaults(func=_cmd_stage)
     p = sub.add_parser("repro", parents=[common],
                        help=f"dvc repro of the target stages (default {REPRO_DEFAULT_TARGET}; options go to dvc)")
@@ -194,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="parameters file for track.tracking_uri")
     p.set_defaults(func=_cmd_search)
 
+    p = sub.add_parser("recipe", parents=[common],
+                       help="write a recipe's values (recipes/NAME.yaml) into params.yaml; prints what changed")
+    p.add_argument("name", help="the recipe: sysu_agw, regdb_agw, cpu_demo (a file NAME.yaml in --recipes)")
+    p.add_argument("--params", default="params.yaml", help="parameters file to change (default params.yaml)")
+    p.add_argument("--recipes", default="recipes", help="folder of the recipes (default recipes)")
+    p.set_defaults(func=_cmd_recipe)
+
     p = sub.add_parser("mlflow-ui", parents=[common], help="MLflow UI/server over the pipeline's store")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: local only)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -222,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("search", "mlflow-ui", "publish", "restore") and extra:
+    if args.command in ("search", "mlflow-ui", "publish", "restore", "recipe") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # stderr carries the error line only: no MLflow download progress bars
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

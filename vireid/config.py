@@ -181,7 +181,7 @@ class TrainConfig:
 
     seed: int = 0  # seeds sampler, augmentation and initialisation
     epochs: int = 80  # training epochs
-    iters_per_epoch: int = 0  # sampler batches per epoch; 0: one pass over the visible images
+    iters_per_epoch: int = 0  # sampler batches per epoch and worker; 0 (default, real data, the AGW recipes): a full pass over the visible images; > 0 truncates (the CPU demo: 20; on real data the train stage warns)
     identities_per_batch: int = 8  # P
     instances_per_modality: int = 4  # K visible + K infrared per identity
     lr: float = 0.1  # learning rate of new layers (classifiers, BNNeck)
@@ -232,14 +232,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Ray Tune search over memory size S and temperature T (ASHA on validation mAP)."""
+    """Ray Tune search over memory size S and temperature T (ASHA or FIFO on validation mAP)."""
 
     num_samples: int = 8  # trials
     memory_sizes: tuple[int, ...] = (8, 16, 32, 64)  # choices for model.memory_size: one step's views (2K) to several steps
     temperature_min: float = 1.0  # log-uniform range of loss.temperature
     temperature_max: float = 8.0
-    epochs: int = 6  # max epochs per trial
-    grace_period: int = 2  # ASHA: epochs before a trial may be stopped
+    epochs: int = 6  # epochs per trial after the recipe's warm-up (a trial runs train.warmup_epochs + tune.epochs)
+    scheduler: Literal["asha", "fifo"] = "asha"  # asha: stop weak trials at rungs counted after the warm-up; fifo: run every trial to the end
+    grace_period: int = 2  # ASHA: epochs after the warm-up before a trial may be stopped
     reduction_factor: int = 2  # ASHA halving rate
     max_concurrent: int = 2  # trials at once
     seed: int = 0  # search seed

@@ -247,6 +247,29 @@ def test_dockerfile_installs_from_the_lock() -> None:
     assert f'requires-python = ">={python.group(1)}' in pyproject
 
 
+def _apt_installed(dockerfile: str) -> set[str]:
+    """Packages the Dockerfile's RUN instructions install with apt-get (continuation lines
+    joined, comments dropped)."""
+    lines = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    packages: set[str] = set()
+    for run in (line for line in joined.splitlines() if line.startswith("RUN")):
+        for command in re.split(r"&&|;", run):
+            words = command.split()
+            if "apt-get" in words and "install" in words:
+                packages |= {w for w in words[words.index("install") + 1:] if not w.startswith("-")}
+    return packages
+
+
+def test_image_has_a_c_compiler_for_triton() -> None:
+    """torch.compile on GPU (train.compile: auto with use_gpu) runs Triton, which builds a C
+    launcher at run time: without a compiler every worker stops at its first step."""
+    packages = _apt_installed((INFRA / "docker" / "Dockerfile").read_text(encoding="utf-8"))
+    assert {"git", "libgomp1"} <= packages  # the parser sees the install line
+    assert packages & {"gcc", "build-essential", "clang"}, sorted(packages)
+    assert "libc6-dev" in packages or "build-essential" in packages  # headers and crt files to link
+
+
 def test_readme_explains_every_file() -> None:
     readme = (INFRA / "README.md").read_text(encoding="utf-8")
     for path in sorted(INFRA.rglob("*")):
@@ -417,6 +440,17 @@ def test_rayjob_entrypoint_leaves_the_results_outside_the_pods() -> None:
     steps = ["dvc pull --allow-missing", "dvc exp run --allow-missing", "dvc push", "vireid publish"]
     at = [entry.find(step) for step in steps]
     assert all(i >= 0 for i in at) and at == sorted(at), dict(zip(steps, at, strict=True))
+
+
+def test_rayjob_applies_a_recipe_before_the_run() -> None:
+    """The job runs the paper's recipe, not the CPU demo of the image's params.yaml."""
+    entry = _load(INFRA / "k8s" / "rayjob.yaml")["spec"]["entrypoint"]
+    recipe = re.search(r"vireid recipe (\w+)", entry)
+    assert recipe, entry
+    assert (REPO / "recipes" / f"{recipe.group(1)}.yaml").is_file()
+    assert entry.find("vireid recipe") < entry.find("dvc exp run")
+    recipe_params = _load(REPO / "recipes" / f"{recipe.group(1)}.yaml")
+    assert recipe_params["train"]["use_gpu"] is True and recipe_params["model"]["arch"] == "resnet50"
 
 
 KUBERAY_FIELDS = {  # field -> the first KubeRay release that has it (see infra/README.md)

@@ -83,3 +83,43 @@ def test_summary_without_any_metric_has_no_best(tmp_path: Path) -> None:
     assert s["best"] is None and s["num_errored"] == 1
     with pytest.raises(RuntimeError, match="no trial reported"):
         best_params(s)
+
+
+class _Trial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_asha_rungs_are_counted_after_the_warm_up(tmp_path: Path) -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    from vireid.config import replace
+    from vireid.tuning.space import scheduler, trial_epochs
+
+    cfg = replace(tiny_config(tmp_path, epochs=4, grace_period=1, reduction_factor=2),
+                  train={"warmup_epochs": 3, "epochs": 7})
+    assert trial_epochs(cfg) == 7 and trial_config(cfg, 2, 2.0).train.epochs == 7  # warm-up + tune.epochs
+    assert rung_epochs(cfg) == [4, 5]  # 3 + 1, 3 + 2: never a warm-up epoch
+    asha = scheduler(cfg)
+    good, weak = _Trial("good"), _Trial("weak")
+    for trial in (good, weak):
+        asha.on_trial_add(None, trial)
+    for epoch in (1, 2, 3):  # warm-up: the weak trial is far behind, and is not stopped
+        assert asha.on_trial_result(None, good, {"epoch": epoch, "val_mAP": 0.5}) == TrialScheduler.CONTINUE
+        assert asha.on_trial_result(None, weak, {"epoch": epoch, "val_mAP": 0.01}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, good, {"epoch": 4, "val_mAP": 0.6}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, weak, {"epoch": 4, "val_mAP": 0.1}) == TrialScheduler.STOP  # first rung
+    assert asha.on_trial_result(None, good, {"epoch": 7, "val_mAP": 0.7}) == TrialScheduler.STOP  # max_t: 3 + 4
+
+
+def test_fifo_runs_every_trial_to_the_end(tmp_path: Path) -> None:
+    from ray.tune.schedulers import FIFOScheduler
+
+    from vireid.tuning.space import scheduler
+
+    cfg = tiny_config(tmp_path, scheduler="fifo")
+    assert isinstance(scheduler(cfg), FIFOScheduler) and rung_epochs(cfg) == []
+    s = summarize_search(cfg, [_trial("a", 1, 2.0, [0.1, 0.2, 0.3])], name="x", experiment_path="/x")
+    assert s["scheduler"]["name"] == "FIFO" and s["scheduler"]["rungs"] == []
+    with pytest.raises(ConfigError, match="tune.scheduler"):
+        tiny_config(tmp_path, scheduler="hyperband")

@@ -15,6 +15,15 @@ one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train st
 run record exists, the metrics and plots are logged into that run (``track`` says which store
 it must be in: a record of another store, e.g. of the checkout this one was copied from, is
 refused).
+
+``--model`` may also name a model logged to MLflow (``models:/vireid@champion``,
+``models:/vireid/3``, ``runs:/<id>/model``; the store of ``track``): it is loaded as
+``vireid search`` loads it (vireid's own pt2 format only; a pickled model or one that ships
+code is refused before it is read) and evaluated on the prepared shards and protocols of
+``params.yaml``, whatever dataset it was trained on. Such a model carries no training split,
+so the shard and trial checks of a ``model.pt`` cannot run; ``metrics.json``'s provenance
+names the model instead (URI, registered version, its run, the dataset it was trained on),
+and nothing is logged into the train stage's run.
 """
 
 from __future__ import annotations
@@ -73,12 +82,71 @@ def ranked_list(path: Path, qf: np.ndarray, gf: np.ndarray, q_ids: np.ndarray, g
 
 
 def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
-             device: torch.device) -> dict[str, Any]:
-    """Run the protocols of ``cfg`` and write the outputs; return the ``metrics.json`` object."""
+             device: torch.device, *, logged: LoggedModel | None = None) -> dict[str, Any]:
+    """Run the protocols of ``cfg`` and write the outputs; return the ``metrics.json`` object.
+    ``logged``: a model from MLflow (:func:`load_logged`) instead of the file ``model_path``."""
     dataset = cfg.data.dataset
+    if logged is not None:
+        return _evaluate_loaded(cfg, logged, logged.meta, shards_dir, out, device, logged=logged)
     model, meta = load_model(model_path, device, dataset=dataset, image_height=cfg.data.image_height,
                              image_width=cfg.data.image_width)
-    if dataset == "regdb":  # a model trained on another split trial would see test identities
+    return _evaluate_loaded(cfg, model, meta, shards_dir, out, device, model_path=model_path)
+
+
+class LoggedModel:
+    """A model logged by the register stage, as evaluation takes it: ``embed(x, modality)``
+    (L2-normalised, as ``vireid search`` ranks), its MLflow metadata and provenance."""
+
+    def __init__(self, module: Any, meta: dict[str, Any], provenance: dict[str, Any]) -> None:
+        self.module, self.meta, self.provenance = module, meta, provenance
+
+    def eval(self) -> LoggedModel:  # a torch.export program has no train/eval switch
+        return self
+
+    def embed(self, x: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.module(x, modality).float(), dim=1)
+
+
+def load_logged(model_uri: str, tracking_uri: str, cfg: Config, device: torch.device) -> LoggedModel:
+    """``models:/...`` or ``runs:/...`` from ``tracking_uri`` through the loading path of
+    ``vireid search`` (:func:`vireid.tracking.model.load_logged_embedder`: foreign formats
+    refused); its input size must be ``data.image_height`` x ``data.image_width``."""
+    from vireid.tracking.model import load_logged_embedder
+    from vireid.tracking.store import TrackingError, client
+
+    module, meta = load_logged_embedder(tracking_uri, model_uri, device)
+    size = (int(meta["image_height"]), int(meta["image_width"]))
+    if size != (cfg.data.image_height, cfg.data.image_width):
+        raise TrackingError(f"{model_uri}: takes {size[0]}x{size[1]} images but data.image_height/width "
+                            f"are {cfg.data.image_height}x{cfg.data.image_width} (prepare the shards "
+                            "at the model's size)")
+    prov: dict[str, Any] = {"model_uri": model_uri, "model_tracking_uri": tracking_uri,
+                            "model_dataset": meta.get("dataset") or None, "model_arch": meta.get("arch") or None}
+    if model_uri.startswith("models:/"):  # which version an alias pointed at when evaluated
+        name, _, ref = model_uri.removeprefix("models:/").partition("@")
+        mlflow_client = client(tracking_uri)
+        try:
+            if ref:
+                version = mlflow_client.get_model_version_by_alias(name, ref)
+            elif "/" in name:
+                version = mlflow_client.get_model_version(*name.split("/", 1))
+            else:
+                version = None
+        except Exception:  # a models:/<model id> URI: no registered version to name
+            version = None
+        if version is not None:
+            prov.update(model_name=version.name, model_version=str(version.version),
+                        model_run_id=version.run_id)
+    elif model_uri.startswith("runs:/"):
+        prov["model_run_id"] = model_uri.removeprefix("runs:/").split("/", 1)[0]
+    return LoggedModel(module, meta, prov)
+
+
+def _evaluate_loaded(cfg: Config, model: Any, meta: dict[str, Any], shards_dir: Path, out: Path,
+                     device: torch.device, *, model_path: Path | None = None,
+                     logged: LoggedModel | None = None) -> dict[str, Any]:
+    dataset = cfg.data.dataset
+    if logged is None and dataset == "regdb":  # a model trained on another split trial would see test identities
         try:
             regdb_eval.check_regdb_trial(meta.get("regdb_trial"), cfg.data.regdb_trial)
         except regdb_eval.TrialMismatchError as e:
@@ -86,15 +154,19 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     shards = ShardSet(shards_dir)
     q_table, g_table = shards.table("query"), shards.table("gallery")
     manifest_path = Path(shards_dir) / "manifest.json"
-    check_shards_for_model(meta, shards.manifest, manifest_path, model_path=model_path,
-                           test_identities=np.concatenate([q_table.identity, g_table.identity]).tolist())
+    if logged is None:  # a logged model carries no training split to check against
+        check_shards_for_model(meta, shards.manifest, manifest_path, model_path=model_path,
+                               test_identities=np.concatenate([q_table.identity, g_table.identity]).tolist())
     trial = shards.manifest.get("regdb_trial") if dataset == "regdb" else None  # the shards' trial
     prov = provenance(
-        model_path=model_path, manifest=shards.manifest, manifest_path=manifest_path,
+        model_path=manifest_path if model_path is None else model_path, manifest=shards.manifest,
+        manifest_path=manifest_path,
         protocol=protocol_key(cfg.eval.headline, dataset=dataset, sysu_sampler=cfg.eval.sysu_sampler,
                               regdb_trial=trial or 1, rerank=cfg.eval.rerank),
         headline=cfg.eval.headline, sysu_sampler=cfg.eval.sysu_sampler, rerank=cfg.eval.rerank,
         trials=cfg.eval.trials, flip=cfg.eval.flip)
+    if logged is not None:
+        prov = {**prov, "model_sha256": None, **logged.provenance}
     qf = features(model, q_table, cfg, device)
     gf = features(model, g_table, cfg, device)
     log.info("extracted %d query and %d gallery features (d=%d)", len(qf), len(gf), qf.shape[1])
@@ -151,7 +223,7 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     log.info("chance level of %s (random unit embeddings): %s", headline_key,
              " ".join(f"{k}={v:.2f}" for k, v in chance[headline_key].items()))
     report.write_cmc_csv(out / "cmc.csv", {"headline": curves[headline_key], **curves})
-    report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta['selected_epoch']})")
+    report.plot_cmc(out / "cmc.png", curves, title=f"CMC ({dataset}, selected epoch {meta.get('selected_epoch', '?')})")
     metrics = report.build_metrics(entries, chance) | {PROVENANCE_KEY: prov}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -159,7 +231,8 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
-    parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
+    parser.add_argument("--model", default="outputs/train/model.pt",
+                        help="trained model file, or a logged model: models:/vireid@champion, runs:/<id>/model")
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/eval", help="output directory")
     parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",
@@ -171,8 +244,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
-    if Path(args.run_file).is_file():
+    logged = None
+    if args.model.startswith(("models:/", "runs:/")):
+        from vireid.tracking import resolve_target
+
+        logged = load_logged(args.model, resolve_target(cfg.track, Path.cwd()).tracking_uri, cfg, device)
+    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device, logged=logged)
+    if logged is None and Path(args.run_file).is_file():
         from vireid.tracking import (
             log_metrics_json,
             log_plots,

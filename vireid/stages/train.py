@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vireid.config import config_to_dict
+from vireid.config import Config, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import shard_source
 from vireid.io import atomic_write_json
@@ -46,6 +47,29 @@ from vireid.training.ray_train import fit
 log = logging.getLogger("vireid.stages.train")
 
 
+def truncated_epoch_warning(cfg: Config, manifest: Mapping[str, Any]) -> str | None:
+    """The warning for real data trained on truncated epochs, else None.
+
+    ``train.iters_per_epoch: 0`` is a full pass: ``visible training images // (P * K * workers)``
+    batches per worker, as the sampler counts them. A positive value below that on a real
+    dataset (the shards' ``data_kind``, written by the prepare stage) trains on a fraction of
+    the data every epoch: say which. The synthetic CPU demo truncates on purpose.
+    """
+    t = cfg.train
+    if t.iters_per_epoch == 0 or manifest.get("extra", {}).get("data_kind") != "real":
+        return None
+    visible = int(manifest["splits"]["train"]["modality"]["visible"])
+    per_batch = t.identities_per_batch * t.instances_per_modality
+    full = max(1, visible // (per_batch * t.num_workers))
+    if t.iters_per_epoch >= full:
+        return None
+    return (f"train.iters_per_epoch is {t.iters_per_epoch} on real data: an epoch sees "
+            f"{t.iters_per_epoch} of the {full} batches of a full pass per worker, "
+            f"{100.0 * t.iters_per_epoch / full:.1f} % of the {visible} visible training images "
+            f"(P*K = {per_batch} visible per batch, {t.num_workers} worker(s)); "
+            "set train.iters_per_epoch: 0 for full epochs (the AGW recipes)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
     with weights_only_torch_load():
@@ -67,6 +91,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
                                                       "mlflow_run.json")))
     shards = ShardSet(args.shards)
     shards.verify()  # its hash is recorded as the run's and the model's data hash
+    if (warning := truncated_epoch_warning(cfg, shards.manifest)) is not None:
+        log.warning("%s", warning)
     target = resolve_target(cfg.track, repo)
     run_id = start_pipeline_run(
         target, config=config_to_dict(cfg), git_commit=git_commit(repo),

@@ -7,11 +7,19 @@ and the search on Ray), :mod:`~vireid.tuning.tracking` (MLflow parent and child 
 
 from vireid.tuning.results import best_params, summarize_search
 from vireid.tuning.run import SearchIncomplete, run_search
-from vireid.tuning.space import asha, cpus_needed, experiment_name, search_space, trial_config
+from vireid.tuning.space import (
+    WarmupASHA,
+    cpus_needed,
+    experiment_name,
+    scheduler,
+    search_space,
+    trial_config,
+)
 
 __all__ = [
     "SearchIncomplete",
-    "asha",
+    "WarmupASHA",
+    "scheduler",
     "best_params",
     "cpus_needed",
     "experiment_name",

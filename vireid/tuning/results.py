@@ -16,7 +16,7 @@ import yaml
 from vireid.config import Config
 from vireid.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vireid.tuning.plot import plot
-from vireid.tuning.space import METRIC, TIME_ATTR, rung_epochs
+from vireid.tuning.space import METRIC, TIME_ATTR, rung_epochs, trial_epochs
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ def summarize_search(cfg: Config, trials: Sequence[Mapping[str, Any]], *, name: 
     """The search in numbers: each trial's epochs and val_mAP, ASHA's savings, the best S/T.
 
     Best: the highest ``val_mAP`` at the last epoch among trials that reached
-    ``tune.epochs`` (ASHA's survivors); when none did, among all trials at their last epoch.
+    their full length, ``train.warmup_epochs + tune.epochs`` (ASHA's survivors); when none
+    did, among all trials at their last epoch.
     """
-    max_t = cfg.tune.epochs
+    max_t = trial_epochs(cfg)
     rows = []
     for t in trials:
         hist = [h for h in t["history"] if h["val_mAP"] is not None]
@@ -87,7 +88,8 @@ def summarize_search(cfg: Config, trials: Sequence[Mapping[str, Any]], *, name: 
         "experiment": name,
         "experiment_path": experiment_path,
         "metric": METRIC, "mode": "max", "time_attr": TIME_ATTR,
-        "scheduler": {"name": "ASHA", "max_t": max_t, "grace_period": cfg.tune.grace_period,
+        "scheduler": {"name": cfg.tune.scheduler.upper(), "max_t": max_t,
+                      "warmup_epochs": cfg.train.warmup_epochs, "grace_period": cfg.tune.grace_period,
                       "reduction_factor": cfg.tune.reduction_factor, "rungs": rung_epochs(cfg)},
         "search": {"algorithm": "random (BasicVariantGenerator)", "seed": cfg.tune.seed,
                    "num_samples": cfg.tune.num_samples, "memory_sizes": list(cfg.tune.memory_sizes),
@@ -100,7 +102,7 @@ def summarize_search(cfg: Config, trials: Sequence[Mapping[str, Any]], *, name: 
         "trial_epochs_used": used,
         "trial_epochs_full": budget,
         "trial_epochs_saved": budget - used,
-        "best_rule": "highest val_mAP at the last epoch among trials that reached tune.epochs",
+        "best_rule": "highest val_mAP at the last epoch among trials that ran warm-up + tune.epochs",
         "best": None if best is None else {
             "trial_id": best["trial_id"], "memory_size": best["memory_size"],
             "temperature": best["temperature"], "val_mAP": best["final_val_mAP"],

@@ -9,9 +9,11 @@ resources in a separate placement group, so a cluster runs ``max_concurrent`` tr
 it has ``max_concurrent * (driver_cpus + num_workers * cpus_per_worker)`` CPUs
 (:func:`cpus_needed`).
 
-ASHA (``AsyncHyperBandScheduler``) stops trials whose ``val_mAP`` falls below the rung
-cut-off, at epochs ``grace_period * reduction_factor**k`` below ``tune.epochs``; the search
-is seeded random search (``BasicVariantGenerator(random_state=tune.seed)``).
+With ``tune.scheduler: asha``, ASHA (``AsyncHyperBandScheduler``) stops trials whose
+``val_mAP`` falls below the rung cut-off, at epochs ``warmup + grace_period * reduction_factor**k``
+(rungs counted after ``train.warmup_epochs``, :class:`vireid.tuning.space.WarmupASHA`); with
+``fifo`` every trial runs its ``warmup + tune.epochs`` epochs. The search is seeded random
+search (``BasicVariantGenerator(random_state=tune.seed)``).
 
 Resuming: the experiment's name is fixed by the search's inputs (:func:`experiment_name`),
 and a search whose ``storage_path/name`` holds Tune state is restored with
@@ -42,9 +44,9 @@ from vireid.ray_session import alive_nodes, ray_session, storage_location
 from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
-    asha,
     cpus_needed,
     experiment_name,
+    scheduler,
     search_space,
     trial_config,
 )
@@ -145,7 +147,7 @@ def run_search(
                 trainable,
                 param_space=search_space(cfg),
                 tune_config=ray.tune.TuneConfig(
-                    scheduler=asha(cfg),
+                    scheduler=scheduler(cfg),
                     # max_concurrent here: Tune's max_concurrent_trials is ignored when a
                     # BasicVariantGenerator is passed in
                     search_alg=BasicVariantGenerator(random_state=cfg.tune.seed,

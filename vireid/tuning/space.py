@@ -1,4 +1,10 @@
-"""The search's definition: the space of S and T, the trial's config, ASHA, the experiment's name."""
+"""The search's definition: the space of S and T, the trial's config, the scheduler, the experiment's name.
+
+Trials keep the recipe's warm-up (``train.warmup_epochs``) and then train ``tune.epochs``
+more epochs. ``tune.scheduler: asha`` counts its rungs after the warm-up: a trial is judged
+first at epoch ``warmup + grace_period``, then at ``warmup + grace_period * reduction_factor**k``,
+never at a warm-up learning rate (:class:`WarmupASHA`); ``fifo`` runs every trial to the end.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from vireid.config import Config, config_to_dict, replace
 
@@ -22,12 +28,17 @@ METRIC = "val_mAP"
 TIME_ATTR = "epoch"
 
 
+def trial_epochs(cfg: Config) -> int:
+    """Epochs of one full trial: the recipe's warm-up, then ``tune.epochs``."""
+    return cfg.train.warmup_epochs + cfg.tune.epochs
+
+
 def trial_config(cfg: Config, memory_size: int, temperature: float) -> Config:
-    """``cfg`` with S and T set, ``tune.epochs`` epochs, validation and a checkpoint every
+    """``cfg`` with S and T set, :func:`trial_epochs` epochs, validation and a checkpoint every
     epoch (ASHA reads ``val_mAP`` each epoch; a restarted trial continues from the last one)."""
     return replace(cfg, model={"memory_size": int(memory_size)},
                    loss={"temperature": float(temperature)},
-                   train={"epochs": cfg.tune.epochs, "validate_every": 1, "checkpoint_every": 1})
+                   train={"epochs": trial_epochs(cfg), "validate_every": 1, "checkpoint_every": 1})
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -57,18 +68,53 @@ def cpus_needed(cfg: Config, driver_cpus: float = 1.0) -> float:
     return cfg.tune.max_concurrent * (driver_cpus + t.num_workers * t.cpus_per_worker)
 
 
-def asha(cfg: Config) -> ASHAScheduler:
-    """ASHA on ``val_mAP`` (max) with ``epoch`` as time, from ``cfg.tune``."""
+class WarmupASHA(ASHAScheduler):
+    """ASHA whose time is the epochs trained *after* the warm-up (``epoch - warmup_epochs``):
+    results during the warm-up never stop a trial nor enter a rung, so the rungs compare
+    trials at the recipe's full learning rate. ``max_t`` counts post-warm-up epochs too."""
+
+    def __init__(self, *, warmup_epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warmup_epochs = int(warmup_epochs)
+
+    def _shifted(self, result: dict) -> dict:
+        if self._time_attr not in result:
+            return result
+        return {**result, self._time_attr: result[self._time_attr] - self.warmup_epochs}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        shifted = self._shifted(result)
+        if shifted.get(self._time_attr, 1) <= 0:
+            return TrialScheduler.CONTINUE  # still warming up
+        return super().on_trial_result(tune_controller, trial, shifted)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        shifted = self._shifted(result)
+        if shifted.get(self._time_attr, 1) <= 0:  # ended (failed) within the warm-up
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, shifted)
+
+
+def scheduler(cfg: Config) -> TrialScheduler:
+    """``tune.scheduler``: ``asha`` (:class:`WarmupASHA` on ``val_mAP``, max, ``epoch`` as
+    time counted after ``train.warmup_epochs``) or ``fifo`` (every trial runs to the end)."""
     t = cfg.tune
-    return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=t.epochs,
-                         grace_period=t.grace_period, reduction_factor=t.reduction_factor)
+    if t.scheduler == "fifo":
+        return FIFOScheduler()
+    return WarmupASHA(warmup_epochs=cfg.train.warmup_epochs, time_attr=TIME_ATTR, metric=METRIC,
+                      mode="max", max_t=t.epochs, grace_period=t.grace_period,
+                      reduction_factor=t.reduction_factor)
 
 
 def rung_epochs(cfg: Config) -> list[int]:
-    """The epochs at which ASHA may stop a trial: ``grace * rf**k < tune.epochs``."""
+    """The epochs at which ASHA may stop a trial: ``warmup + grace * rf**k`` for
+    ``grace * rf**k < tune.epochs``; none with ``tune.scheduler: fifo``."""
     t = cfg.tune
+    if t.scheduler == "fifo":
+        return []
     rungs, e = [], t.grace_period
     while e < t.epochs:
-        rungs.append(e)
+        rungs.append(cfg.train.warmup_epochs + e)
         e *= t.reduction_factor
     return rungs
