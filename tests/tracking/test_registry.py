@@ -166,3 +166,27 @@ def test_logged_model_id_is_passed_for_a_models_id_source() -> None:
     assert logged_model_id("models:/m-0123abcd") == "m-0123abcd"
     for other in ("models:/vireid/1", "models:/vireid@champion", "runs:/abc/model", "m-0123", "models:/"):
         assert logged_model_id(other) is None, other
+
+
+def test_reregistering_reads_the_alias_not_the_stored_decision(target, logged) -> None:
+    """Issue 25 item 1: v1 champion, then v2 better (champion); registering v1's model and
+    evaluation again reuses v1, and its record says what the registry says now: v1 holds no
+    alias and is not promoted, the champion is v2 (not "v1 champion, promoted")."""
+    run_id, model_uri = logged
+    name = "reread-alias"
+
+    def reg(value: float, fp: str) -> dict:
+        return register(target.tracking_uri, model_name=name, model_uri=model_uri, run_id=run_id,
+                        protocol=SYSU, headline=HEAD, value=value, data_hash="d" * 64, git_commit="c",
+                        fingerprint={"model_sha256": fp, "eval_sha256": fp})
+
+    assert reg(45.0, "a")["alias"] == "champion"
+    second = reg(47.5, "b")
+    assert (second["version"], second["alias"], second["current_champion"]) == ("2", "champion", "2")
+    again = reg(45.0, "a")
+    assert (again["version"], again["reused"]) == ("1", True)
+    assert (again["alias"], again["promoted"], again["current_champion"]) == (None, False, "2")
+    assert again["reason"].startswith("alias champion now points to v2; at its registration: first champion")
+    assert {k: str(v) for k, v in MlflowClient(target.tracking_uri).get_registered_model(name).aliases.items()} \
+        == {"champion": "2"}
+    assert reg(47.5, "b")["promoted"] is True  # the champion's own record is unchanged
