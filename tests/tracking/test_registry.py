@@ -37,6 +37,22 @@ def test_protocol_key() -> None:
         protocol_key(HEAD, dataset="regdb")
 
 
+def test_protocol_key_holds_the_evaluation_settings() -> None:
+    """Issue 25 item 6: eval.flip and eval.trials change the numbers, so a flip-off (or
+    2-draw) evaluation is another protocol than the flip-on, 10-draw champion's."""
+    assert protocol_key(HEAD, dataset="sysu", flip=True, trials=10) == SYSU
+    assert protocol_key(HEAD, dataset="sysu", flip=False) == SYSU + "+noflip"
+    assert protocol_key(HEAD, dataset="sysu", trials=2) == SYSU + "+trials2"
+    assert protocol_key(HEAD, dataset="sysu", rerank=True, flip=False, trials=3) == SYSU + "+rerank+noflip+trials3"
+    # RegDB evaluates the shards' one split trial whatever eval.trials; flip still counts
+    assert protocol_key("regdb/v2t/mAP", dataset="regdb", regdb_trial=2, trials=3) == "regdb/v2t@trial2"
+    assert protocol_key("regdb/v2t/mAP", dataset="regdb", flip=False) == "regdb/v2t@trial1+noflip"
+    d = decide(protocol=protocol_key(HEAD, dataset="sysu", flip=False), headline=HEAD, value=99.0,
+               champion=_tags(protocol=protocol_key(HEAD, dataset="sysu")), champion_version="1")
+    assert d.alias_role == "challenger" and "another protocol (sysu/all/single@community, this model: " \
+        "sysu/all/single@community+noflip)" in d.reason
+
+
 def _tags(protocol: str = SYSU, headline: str = HEAD, value: float = 45.0) -> dict[str, str]:
     return {"protocol": protocol, "headline": headline, "headline_value": repr(value)}
 

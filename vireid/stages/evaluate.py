@@ -12,7 +12,8 @@ shard hashes, dataset, data kind, RegDB trial of the shards, protocol; and the c
 of the headline protocol, random unit embeddings, 10 draws, as ``chance/<protocol>/<metric>``),
 ``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
 one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
-run record exists, the metrics and plots are logged into that run (``track`` says which store
+run record exists and ``--model`` is the train stage's model (or ``--run-file`` names a record),
+the metrics and plots are logged into that run (``track`` says which store
 it must be in: a record of another store, e.g. of the checkout this one was copied from, is
 refused).
 """
@@ -92,7 +93,8 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     prov = provenance(
         model_path=model_path, manifest=shards.manifest, manifest_path=manifest_path,
         protocol=protocol_key(cfg.eval.headline, dataset=dataset, sysu_sampler=cfg.eval.sysu_sampler,
-                              regdb_trial=trial or 1, rerank=cfg.eval.rerank),
+                              regdb_trial=trial or 1, rerank=cfg.eval.rerank, flip=cfg.eval.flip,
+                              trials=cfg.eval.trials),
         headline=cfg.eval.headline, sysu_sampler=cfg.eval.sysu_sampler, rerank=cfg.eval.rerank,
         trials=cfg.eval.trials, flip=cfg.eval.flip)
     qf = features(model, q_table, cfg, device)
@@ -157,14 +159,32 @@ def evaluate(cfg: Config, model_path: Path, shards_dir: Path, out: Path,
     return metrics
 
 
+TRAIN_MODEL, TRAIN_RUN_FILE = "outputs/train/model.pt", "outputs/train/mlflow_run.json"
+
+
+def run_file_for(model: str, run_file: str | None) -> str | None:
+    """The run record to log into: ``run_file`` when given; else the train stage's, but only
+    when ``model`` is the train stage's model file (that run's provenance is that model's)."""
+    if run_file is not None:
+        return run_file
+    if Path(model).resolve() == Path(TRAIN_MODEL).resolve():
+        return TRAIN_RUN_FILE
+    log.info("%s is not the train stage's %s: not logged into its MLflow run (--run-file to log)",
+             model, TRAIN_MODEL)
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--model", default="outputs/train/model.pt", help="trained model file")
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/eval", help="output directory")
-    parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",
-                        help="the train stage's MLflow run record (metrics are logged there if present)")
+    parser.add_argument("--run-file", default=None,
+                        help="MLflow run record to log the metrics into, if present (default: the train "
+                             f"stage's {TRAIN_RUN_FILE}, and only when --model is its {TRAIN_MODEL}: "
+                             "another model's evaluation is not logged into the pipeline's run)")
     args = parser.parse_args(argv)
+    args.run_file = run_file_for(args.model, args.run_file)
     setup_logging()
     cfg = load_config(args.params)
     out = Path(args.out)
@@ -172,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
-    if Path(args.run_file).is_file():
+    if args.run_file is not None and Path(args.run_file).is_file():
         from vireid.tracking import (
             log_metrics_json,
             log_plots,

@@ -55,9 +55,12 @@ from vireid.tracking.tags import (
 
 
 def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community",
-                 regdb_trial: int = 1, rerank: bool = False) -> str:
+                 regdb_trial: int = 1, rerank: bool = False, flip: bool = True, trials: int = 10) -> str:
     """``"sysu/all/single/mAP"`` + sampler -> ``"sysu/all/single@community"``; RegDB uses the
-    trial (``regdb/v2t@trial1``). The headline must belong to ``dataset``."""
+    trial (``regdb/v2t@trial1``). The headline must belong to ``dataset``. Evaluation settings
+    that change the numbers and differ from the defaults are appended: ``+rerank``,
+    ``+noflip`` (``eval.flip`` off), ``+trials<n>`` (SYSU-MM01's ``eval.trials`` gallery draws
+    other than 10; a RegDB evaluation runs the shards' one split trial whatever ``eval.trials``)."""
     if headline.count("/") < 1:
         raise ValueError(f"eval.headline: {headline!r} is not <protocol>/<metric>")
     entry = headline.rsplit("/", 1)[0]
@@ -65,7 +68,10 @@ def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community"
     if family != dataset:
         raise ValueError(f"eval.headline: {headline!r} is a {family} metric but data.dataset is {dataset!r}")
     suffix = sysu_sampler if dataset == "sysu" else f"trial{int(regdb_trial)}"
-    return f"{entry}@{suffix}{'+rerank' if rerank else ''}"
+    settings = ("+rerank" if rerank else "") + ("" if flip else "+noflip")
+    if dataset == "sysu" and int(trials) != 10:
+        settings += f"+trials{int(trials)}"
+    return f"{entry}@{suffix}{settings}"
 
 
 @dataclass(frozen=True)
