@@ -13,7 +13,7 @@ DVC = [sys.executable, "-m", "dvc", "repro"]
 
 def _argv(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli, "run_dvc", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["repro", *argv]) == 0
     assert len(calls) == 1
     return calls[0]

@@ -3,7 +3,7 @@
 Run it where ``params.yaml`` lives (or point ``--params`` at one)::
 
     vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
-    vireid repro                             # dvc repro register (not the opt-in tune stage)
+    vireid repro                             # params.yaml checked, then dvc repro register (not tune)
     vireid repro tune                        # dvc repro of other target(s); dvc options pass through
     vireid publish                           # dvc.lock, params.yaml, metrics, registration -> the MLflow run
     vireid restore RUN_ID --dest DIR         # ... and back into a checkout (then: dvc pull)
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,38 @@ def repro_argv(targets: list[str], extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "dvc", "repro", *extra, *targets]
 
 
+#: DVC's own closing line after a stage that failed (the stage printed its error already)
+_DVC_STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[^']*': failed to run: .*, exited with (-?\d+)$")
+
+
 def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
-    return subprocess.call(repro_argv(list(args.targets), extra))
+    """``params.yaml`` is checked first (the one-line error and exit code 2, before DVC deletes
+    any stage's outputs); then ``dvc repro``. When a stage fails with its one-line error,
+    DVC's closing line about it is left out and the exit code is the stage's (2, 130), not
+    DVC's 255."""
+    from vireid.stages.entry import load_config
+
+    load_config(args.params)
+    return run_dvc(repro_argv(list(args.targets), extra))
+
+
+def run_dvc(argv: list[str]) -> int:
+    """Run ``argv`` (a dvc command), its stderr passed through line by line; returns its exit
+    code, or that of the stage that failed with an ``error: ...`` line."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace")
+    assert proc.stderr is not None
+    stage_error = False
+    stage_code = None
+    for line in proc.stderr:
+        failed = _DVC_STAGE_FAILED.match(line.rstrip("\n"))
+        if failed and stage_error:
+            stage_code = int(failed.group(1))
+            continue
+        stage_error = stage_error or line.startswith("error: ")
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    code = proc.wait()
+    return stage_code if code and stage_code in (2, 130) else code
 
 
 def _cmd_publish(args: argparse.Namespace, extra: list[str]) -> int:
@@ -153,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"dvc repro of the target stages (default {REPRO_DEFAULT_TARGET}; options go to dvc)")
     p.add_argument("targets", nargs="*", help=f"dvc stages to reproduce (default {REPRO_DEFAULT_TARGET}: "
                                               "the pipeline without the opt-in tune stage)")
+    p.add_argument("--params", default="params.yaml",
+                   help="parameters file checked before dvc runs (default params.yaml, the one dvc reads)")
     p.set_defaults(func=_cmd_repro)
 
     p = sub.add_parser("publish", parents=[common],

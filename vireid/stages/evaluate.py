@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.run_file = run_file_for(args.model, args.run_file)
     setup_logging()
     cfg = load_config(args.params)
+    if args.run_file is not None and Path(args.run_file).is_file():  # logged into at the end: asked now
+        from vireid.tracking.store import check_server
+
+        check_server(cfg.track.tracking_uri)
     out = Path(args.out)
     clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
     out.mkdir(parents=True, exist_ok=True)

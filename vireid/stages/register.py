@@ -40,6 +40,7 @@ from vireid.tracking import (
 )
 from vireid.tracking.registry import find_version
 from vireid.tracking.runs import check_recorded_run, set_tags
+from vireid.tracking.store import check_server
 from vireid.tracking.tags import (
     TAG_DATA_KIND,
     TAG_EVAL_SHA,
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    check_server(cfg.track.tracking_uri)
     clean_stale_temporaries(args.out)
     repo = Path.cwd()
     target = resolve_target(cfg.track, repo)

@@ -41,6 +41,7 @@ from vireid.tracking import (
     run_record,
     start_pipeline_run,
 )
+from vireid.tracking.store import check_server
 from vireid.training.ray_train import fit
 
 log = logging.getLogger("vireid.stages.train")
@@ -59,6 +60,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    check_server(cfg.track.tracking_uri)  # a server that is down: one line now, not minutes of retries
     if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
         load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
     repo = Path.cwd()

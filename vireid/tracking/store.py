@@ -75,6 +75,30 @@ def is_server_uri(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
+def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server URI (``http(s)://``), ask its ``/health`` endpoint once with a
+    short ``timeout``; a server that does not answer is a :class:`TrackingError` now (MLflow's
+    own client would retry for minutes, then fail with a traceback). Other URIs: nothing."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            response.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code < 500:  # it answers (an authenticating proxy may refuse /health): reachable
+            return
+        raise TrackingError(f"track.tracking_uri: {tracking_uri}: the MLflow server answers "
+                            f"HTTP {e.code} on /health (check the server's log)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise TrackingError(f"track.tracking_uri: {tracking_uri}: no MLflow server answers within "
+                            f"{timeout:g} s ({reason}) (start it, or fix the address)") from None
+
+
 def check_reachable_from_nodes(tracking_uri: str, nodes: int) -> None:
     """Refuse a store in this machine's files when ``nodes`` > 1 Ray nodes log to it."""
     if nodes > 1 and not is_server_uri(tracking_uri):
