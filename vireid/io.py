@@ -71,6 +71,24 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``path`` (and missing parents) created for the block; when the block fails, the folders
+    it created are removed again if still empty: a refused run leaves no empty output folder."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something was written) or gone: leave it
+                break
+        raise
+
+
 def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """What an interrupted :func:`atomic_write_bytes` / :func:`atomic_directory` for ``path``
     leaves beside it: ``.<name>.*.tmp`` (files or folders) and ``.<name>.old``."""

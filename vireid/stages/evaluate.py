@@ -36,7 +36,7 @@ from vireid.evaluation.chance import chance_level
 from vireid.evaluation.extract import table_features
 from vireid.evaluation.provenance import PROVENANCE_KEY, check_shards_for_model, provenance
 from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
-from vireid.io import atomic_write_json
+from vireid.io import atomic_write_json, output_folder
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_server(cfg.track.tracking_uri)
     out = Path(args.out)
     clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
+    with output_folder(out):  # a refused evaluation leaves no empty --out folder
+        metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device)
     if args.run_file is not None and Path(args.run_file).is_file():
         from vireid.tracking import (
             log_metrics_json,
