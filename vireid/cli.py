@@ -123,8 +123,10 @@ def _cmd_publish(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_restore(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid.tracking.pipeline_state import restore_state
+    from vireid.tracking.store import check_store_exists
 
     uri = _tracking_uri(args)
+    check_store_exists(uri)  # restore only reads: never create a store where the URI points
     manifest, written = restore_state(uri, args.run_id, Path(args.dest), force=args.force)
     print(f"restored {', '.join(str(p) for p in written)} from MLflow run {args.run_id} in {uri}")
     commit = manifest.get("git_commit") or "unknown"
@@ -136,11 +138,16 @@ def _cmd_restore(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid import retrieval
 
+    retrieval.check_device(args.device)
     queries = retrieval.query_paths(args.query)
     gallery = retrieval.list_images(args.gallery)
     model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
     retrieval.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
+    if uri:  # search only reads: never create a store where the URI points
+        from vireid.tracking.store import check_store_exists
+
+        check_store_exists(uri)
     embed, size = retrieval.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
     q_mod = MODALITY_CODES[args.query_modality]
     g_mod = MODALITY_CODES[args.gallery_modality] if args.gallery_modality else 1 - q_mod

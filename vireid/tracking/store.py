@@ -108,6 +108,20 @@ def check_reachable_from_nodes(tracking_uri: str, nodes: int) -> None:
             "node reaches (http://...; infra/README.md)")
 
 
+def check_store_exists(tracking_uri: str) -> None:
+    """For a command that only reads (search, restore): a ``sqlite:///`` store whose database
+    file does not exist is a :class:`TrackingError` (opening it would create an empty store,
+    and its folder, wherever the URI points); a server is asked with :func:`check_server`."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        db = Path(tracking_uri[len(prefix):])
+        if str(db) != ":memory:" and not db.is_file():
+            raise TrackingError(f"{tracking_uri}: no MLflow store there (nothing is registered or logged in it; "
+                                "run the pipeline first, or pass --tracking-uri / --params of the store)")
+    else:
+        check_server(tracking_uri)
+
+
 def prepare_store(tracking_uri: str) -> None:
     """Create the folder of a ``sqlite:///`` database file (sqlite does not)."""
     prefix = "sqlite:///"
