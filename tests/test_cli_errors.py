@@ -193,3 +193,30 @@ def test_interrupted_tune_search_is_one_line(capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().err == ("error: Tune experiment ray_results/tune/tune-ab: 3 of 6 trials finished "
                                        "(interrupted); run again with the same parameters to resume it "
                                        "(finished trials are kept)\n")
+
+
+@pytest.mark.parametrize(("code", "what"), [(30, "Read-only file system"), (28, "No space left on device")])
+def test_unwritable_output_location_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, code: int,
+                                                 what: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25 item 8: an output location on a read-only (or full) volume -- synth's
+    data.root, prepare's --out -- was an ``OSError: [Errno 30]`` traceback. The tests run as
+    root on a writable disk, so the volume's refusal is made where every output folder is
+    made: ``os.mkdir``."""
+    import errno
+
+    from pipelines import synth as synth_stage
+
+    assert code in (errno.EROFS, errno.ENOSPC)
+    params = params_file(tmp_path / "p.yaml", {"data": {"synthetic": True, "root": str(tmp_path / "ro" / "SYSU")}})
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(code, what, str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    assert run_entry(synth_stage.main, ["--params", str(params)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln and " WARNING " not in ln]
+    assert err == [f"error: {tmp_path / 'ro'}: {what} (write the outputs somewhere writable: another --out "
+                   "or data.root)"]

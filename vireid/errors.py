@@ -13,6 +13,7 @@ Errors raised inside Ray Train workers reach the driver wrapped (``WorkerGroupEr
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,6 +39,8 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
 )
 # OSErrors about a path the user handed in (missing file, folder where a file was expected...)
 _OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+# OSErrors of an output location the user chose that cannot take the outputs
+_UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def debug_requested(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> bool:
@@ -93,6 +96,9 @@ def expected_error(exc: BaseException) -> str | None:
         if isinstance(e, _OS_ERRORS) and e.filename is not None:
             what = e.strerror or type(e).__name__
             return f"{e.filename}: {what} (check the path given)"
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename is not None:
+            what = e.strerror or type(e).__name__
+            return f"{e.filename}: {what} (write the outputs somewhere writable: another --out or data.root)"
     return None
 
 
