@@ -206,3 +206,18 @@ def test_reregistering_reads_the_alias_not_the_stored_decision(target, logged) -
     assert {k: str(v) for k, v in MlflowClient(target.tracking_uri).get_registered_model(name).aliases.items()} \
         == {"champion": "2"}
     assert reg(47.5, "b")["promoted"] is True  # the champion's own record is unchanged
+
+
+def test_summary_says_when_the_registered_version_holds_no_alias(tmp_path: Path, capsys) -> None:
+    """The summary of ``make run`` prints the registration as it stands (item 1's record):
+    a version that lost the champion alias is not shown as "-> None"."""
+    from tests._params import params_file
+    from vireid.stages import summary
+
+    params = params_file(tmp_path / "params.yaml", {"track": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
+    atomic_write_json(tmp_path / "outputs/register/registration.json",
+                      {"model_name": "vireid", "version": "1", "alias": None, "current_champion": "2",
+                       "reason": "alias champion now points to v2; at its registration: first champion"})
+    text = summary.main(["--params", str(params), "--outputs", str(tmp_path / "outputs")])
+    assert "registry:  vireid v1 -> no alias (champion: v2): alias champion now points to v2;" in text
+    assert not (tmp_path / "m.db").exists()
