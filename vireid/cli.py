@@ -80,8 +80,22 @@ def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
     DVC's 255."""
     from vireid.stages.entry import load_config
 
-    load_config(args.params)
+    load_config(repro_params(args.params))
     return run_dvc(repro_argv(list(args.targets), extra))
+
+
+def repro_params(params: str, cwd: Path | None = None) -> Path:
+    """The parameters file ``dvc repro`` will read: ``params``, except that the default
+    ``params.yaml`` is looked for in the DVC project's root (the nearest folder up with a
+    ``.dvc``) when run from a subfolder, as dvc does."""
+    path = Path(params)
+    if params != "params.yaml" or path.is_file():
+        return path
+    here = (cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder / "params.yaml"
+    return path
 
 
 def run_dvc(argv: list[str]) -> int:
