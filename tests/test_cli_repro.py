@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -44,6 +43,6 @@ def test_repro_checks_the_project_roots_params_from_a_subfolder(tmp_path, monkey
     params_file(tmp_path / "params.yaml")
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     assert cli.repro_params("params.yaml", tmp_path / "sub" / "deeper") == tmp_path / "params.yaml"
-    assert cli.repro_params("other.yaml", tmp_path / "sub") == Path("other.yaml")
+    assert cli.repro_params("other.yaml", tmp_path / "sub") == tmp_path / "sub" / "other.yaml"
     monkeypatch.chdir(tmp_path / "sub")
     assert _argv([], monkeypatch) == [*DVC, "register"]

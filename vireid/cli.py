@@ -89,9 +89,9 @@ def repro_params(params: str, cwd: Path | None = None) -> Path:
     ``params.yaml`` is looked for in the DVC project's root (the nearest folder up with a
     ``.dvc``) when run from a subfolder, as dvc does."""
     path = Path(params)
-    if params != "params.yaml" or path.is_file():
-        return path
     here = (cwd or Path.cwd()).resolve()
+    if params != "params.yaml" or (here / path).is_file():
+        return path if cwd is None else here / path
     for folder in (here, *here.parents):
         if (folder / ".dvc").is_dir():
             return folder / "params.yaml"
