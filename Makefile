@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run   - the whole DVC pipeline on the embedded default (synthetic data, local Ray, local MLflow):
+#   make run   - params.yaml checked, then the whole DVC pipeline (vireid repro = dvc repro register) on
+#                the embedded default (synthetic data, local Ray, local MLflow):
 #                synth -> prepare -> train -> evaluate -> register (the tune stage is opt-in: make tune)
 #   make test  - the test suite
 # Both bootstrap uv when it is missing and install the locked environment first.
@@ -23,7 +24,7 @@ setup:
 
 run: setup
 	@git rev-parse --git-dir >/dev/null 2>&1 || (git init -q && echo "initialised a git repository (DVC needs one)")
-	$(UV) run --frozen dvc repro register
+	$(UV) run --frozen vireid repro
 	@$(UV) run --frozen python -m pipelines.summary
 
 # Two pytest workers: the tests that start Ray (marked xdist_group("ray")) run one after another
@@ -36,7 +37,7 @@ lint: setup
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
 
 tune: setup
-	$(UV) run --frozen dvc repro tune
+	$(UV) run --frozen vireid repro tune
 
 bench: setup
 	$(UV) run --frozen python bench/run_all.py

@@ -193,3 +193,59 @@ def test_interrupted_tune_search_is_one_line(capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().err == ("error: Tune experiment ray_results/tune/tune-ab: 3 of 6 trials finished "
                                        "(interrupted); run again with the same parameters to resume it "
                                        "(finished trials are kept)\n")
+
+
+@pytest.mark.parametrize(("code", "what"), [(30, "Read-only file system"), (28, "No space left on device")])
+def test_unwritable_output_location_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, code: int,
+                                                 what: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25 item 8: an output location on a read-only (or full) volume -- synth's
+    data.root, prepare's --out -- was an ``OSError: [Errno 30]`` traceback. The tests run as
+    root on a writable disk, so the volume's refusal is made where every output folder is
+    made: ``os.mkdir``."""
+    import errno
+
+    from pipelines import synth as synth_stage
+
+    assert code in (errno.EROFS, errno.ENOSPC)
+    params = params_file(tmp_path / "p.yaml", {"data": {"synthetic": True, "root": str(tmp_path / "ro" / "SYSU")}})
+    real_mkdir = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(code, what, str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    assert run_entry(synth_stage.main, ["--params", str(params)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln and " WARNING " not in ln]
+    assert err == [f"error: {tmp_path / 'ro'}: {what} (write the outputs somewhere writable: another --out "
+                   "or data.root)"]
+
+
+def test_ray_start_up_failure_is_one_line(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25 item 11: a local Ray that times out while starting under load was a traceback
+    (exit 1); joining a cluster that is not there too."""
+    import ray
+
+    from vireid import ray_session
+
+    def timed_out(*args: object, **kwargs: object) -> None:
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "Ray processes failed to startup.")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+
+    def start(address: str) -> None:
+        with ray_session.ray_session(address, num_cpus=1):
+            raise AssertionError("Ray did not start: the block must not run")
+
+    assert run_entry(lambda _: start(""), []) == 2
+    assert capsys.readouterr().err == (
+        "error: Ray: the local instance did not start (The current node timed out during startup. This could "
+        "happen because some of the Ray processes failed to startup.) (the machine may be overloaded: rerun "
+        "when it is quieter, or lower train.num_workers / cpus_per_worker; Ray's logs: "
+        "/tmp/ray/session_latest/logs)\n")
+    assert run_entry(lambda _: start("10.0.0.1:6379"), []) == 2
+    assert capsys.readouterr().err.startswith("error: train.ray_address: could not join the Ray cluster at "
+                                              "10.0.0.1:6379 (The current node timed out")

@@ -163,3 +163,62 @@ def test_one_bad_gallery_image_is_skipped_with_a_warning(model_file: Path, tmp_p
                  "--out", str(tmp_path / "o2.png")])
     err = capsys.readouterr().err
     assert code == 2 and "error: no readable gallery image among 4" in err and not (tmp_path / "o2.png").exists()
+
+
+def test_search_skips_a_decompression_bomb_and_refuses_an_unknown_device(
+        model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25 item 7: an image over PIL's pixel limit (a 20000x10000 PNG; here the limit is
+    lowered below a 40x20 image) is skipped with a warning, not a DecompressionBombError
+    traceback; ``--device gpu`` is one line, exit 2."""
+    from PIL import Image as PILImage
+
+    gallery = _images(tmp_path / "g", 2)
+    big = tmp_path / "g" / "big.png"
+    PILImage.fromarray(np.zeros((400, 200, 3), dtype=np.uint8)).save(big)
+    query = _images(tmp_path / "q", 1)[0]
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # 400*200 = 80000 > 2x the limit: a "bomb"
+    code = main(["search", str(query), "--gallery", str(tmp_path / "g"), "--model", str(model_file),
+                 "--out", str(tmp_path / "o.png")])
+    out, err = capsys.readouterr()
+    assert code == 0 and err.startswith(f"warning: skipped a gallery image: cannot read image {big}: too large")
+    assert sorted(line.split()[2] for line in out.splitlines()[1:-1]) == sorted(map(str, gallery))
+    code = main(["search", str(query), "--gallery", str(tmp_path / "g"), "--model", str(model_file),
+                 "--device", "gpu", "--out", str(tmp_path / "o2.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --device gpu: not a torch device (") and len(err.splitlines()) == 1
+
+
+def test_search_and_restore_create_no_store_where_they_only_read(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 25 item 12: ``vireid search --model models:/...`` and ``vireid restore`` against a
+    store that does not exist say so in one line and create nothing there (MLflow would create
+    an empty sqlite database, and its folder, wherever the URI points)."""
+    query = _images(tmp_path / "q", 1)[0]
+    _images(tmp_path / "g", 2)
+    store = tmp_path / "nowhere" / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    code = main(["search", str(query), "--gallery", str(tmp_path / "g"), "--model", "models:/vireid@champion",
+                 "--tracking-uri", uri, "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: {uri}: no MLflow store there (nothing is registered or logged in it; run the "
+                                 "pipeline first, or pass --tracking-uri / --params of the store)\n")
+    code = main(["restore", "0123abcd", "--tracking-uri", uri, "--dest", str(tmp_path / "dest")])
+    assert code == 2 and capsys.readouterr().err.startswith(f"error: {uri}: no MLflow store there")
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "dest").exists()
+
+
+def test_outputs_are_readable_by_the_group_and_others(tmp_path: Path) -> None:
+    """Issue 25 item 12: an atomically written file has the mode a plain open() gives (0644
+    under umask 022), not the temporary's 0600; an atomic directory 0755, not 0700."""
+    from vireid.io import atomic_directory, atomic_write_json
+
+    saved = os.umask(0o022)
+    try:
+        assert atomic_write_json(tmp_path / "r.json", {"a": 1}).stat().st_mode & 0o777 == 0o644
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+        os.umask(0o077)
+        assert atomic_write_json(tmp_path / "s.json", {"a": 1}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(saved)

@@ -4,6 +4,7 @@ that is empty, lacks a section or is not YAML. Each error names the file and the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,45 @@ def test_params_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text(bad.read_text(encoding="utf-8").replace("'.nan'", ".nan"), encoding="utf-8")
     with pytest.raises(ConfigError, match=f"^{bad}: loss.temperature: must be a finite number, got nan"):
         load_config(bad)
+
+
+def _with(tmp_path: Path, old: str, new: str) -> Path:
+    """The repository's params.yaml with the first ``old`` replaced by ``new``."""
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path: Path) -> None:
+    """Issue 25 item 9: ``lr: 1e-3`` is the float DVC's YAML 1.2 reader sees (PyYAML's 1.1
+    resolver made it the string '1e-3', refused as "not a number"); ``yes`` is a string to
+    both, not a boolean."""
+    lr = re.search(r"\n  lr: (\S+)", (REPO / "params.yaml").read_text(encoding="utf-8")).group(1)
+    assert load_config(_with(tmp_path, f"\n  lr: {lr}", "\n  lr: 1e-3")).train.lr == 0.001
+    assert load_config(_with(tmp_path, f"\n  lr: {lr}", "\n  lr: 2.5E+1")).train.lr == 25.0
+    with pytest.raises(ConfigError, match=r"eval.flip: must be true or false, got 'yes'"):
+        load_config(_with(tmp_path, "\n  flip: true", "\n  flip: yes"))
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path: Path) -> None:
+    """Issue 25 item 9: a key given twice was accepted (the last one won); DVC refuses it."""
+    path = _with(tmp_path, "\ntrain:\n", "\ntrain:\n  epochs: 3\n")
+    text = path.read_text(encoding="utf-8").splitlines()
+    first = text.index("  epochs: 3") + 1
+    second = next(i for i, ln in enumerate(text) if ln.startswith("  epochs: ") and i + 1 != first) + 1
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}:{second}:3: not valid YAML \(duplicate key "
+                                          rf"'epochs', first given on line {first}\)$"):
+        load_config(path)
+
+
+def test_unknown_keys_of_mixed_types_are_one_config_error(tmp_path: Path) -> None:
+    """Issue 25 item 9: unknown keys ``1:`` and ``foo:`` in one section crashed with a
+    TypeError (sorting an int with a str)."""
+    path = _with(tmp_path, "\ntrain:\n", "\ntrain:\n  1: a\n  foo: b\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: train.1: unknown key"):
+        load_config(path)
+    path = _with(tmp_path, "\ntrain:\n", "\n1: x\nfoo: y\ntrain:\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 1: unknown section"):
+        load_config(path)

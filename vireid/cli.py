@@ -3,7 +3,7 @@
 Run it where ``params.yaml`` lives (or point ``--params`` at one)::
 
     vireid train --params params.yaml        # any stage: synth prepare train evaluate register tune
-    vireid repro                             # dvc repro register (not the opt-in tune stage)
+    vireid repro                             # params.yaml checked, then dvc repro register (not tune)
     vireid repro tune                        # dvc repro of other target(s); dvc options pass through
     vireid publish                           # dvc.lock, params.yaml, metrics, registration -> the MLflow run
     vireid restore RUN_ID --dest DIR         # ... and back into a checkout (then: dvc pull)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,8 +91,52 @@ def repro_argv(targets: list[str], extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "dvc", "repro", *extra, *targets]
 
 
+#: DVC's own closing line after a stage that failed (the stage printed its error already)
+_DVC_STAGE_FAILED = re.compile(r"^ERROR: failed to reproduce '[^']*': failed to run: .*, exited with (-?\d+)$")
+
+
 def _cmd_repro(args: argparse.Namespace, extra: list[str]) -> int:
-    return subprocess.call(repro_argv(list(args.targets), extra))
+    """``params.yaml`` is checked first (the one-line error and exit code 2, before DVC deletes
+    any stage's outputs); then ``dvc repro``. When a stage fails with its one-line error,
+    DVC's closing line about it is left out and the exit code is the stage's (2, 130), not
+    DVC's 255."""
+    from vireid.stages.entry import load_config
+
+    load_config(repro_params(args.params))
+    return run_dvc(repro_argv(list(args.targets), extra))
+
+
+def repro_params(params: str, cwd: Path | None = None) -> Path:
+    """The parameters file ``dvc repro`` will read: ``params``, except that the default
+    ``params.yaml`` is looked for in the DVC project's root (the nearest folder up with a
+    ``.dvc``) when run from a subfolder, as dvc does."""
+    path = Path(params)
+    here = (cwd or Path.cwd()).resolve()
+    if params != "params.yaml" or (here / path).is_file():
+        return path if cwd is None else here / path
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder / "params.yaml"
+    return path
+
+
+def run_dvc(argv: list[str]) -> int:
+    """Run ``argv`` (a dvc command), its stderr passed through line by line; returns its exit
+    code, or that of the stage that failed with an ``error: ...`` line."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace")
+    assert proc.stderr is not None
+    stage_error = False
+    stage_code = None
+    for line in proc.stderr:
+        failed = _DVC_STAGE_FAILED.match(line.rstrip("\n"))
+        if failed and stage_error:
+            stage_code = int(failed.group(1))
+            continue
+        stage_error = stage_error or line.startswith("error: ")
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    code = proc.wait()
+    return stage_code if code and stage_code in (2, 130) else code
 
 
 def _cmd_publish(args: argparse.Namespace, extra: list[str]) -> int:
@@ -114,8 +159,10 @@ def _cmd_publish(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_restore(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid.tracking.pipeline_state import restore_state
+    from vireid.tracking.store import check_store_exists
 
     uri = _tracking_uri(args)
+    check_store_exists(uri)  # restore only reads: never create a store where the URI points
     manifest, written = restore_state(uri, args.run_id, Path(args.dest), force=args.force)
     print(f"restored {', '.join(str(p) for p in written)} from MLflow run {args.run_id} in {uri}")
     commit = manifest.get("git_commit") or "unknown"
@@ -127,11 +174,16 @@ def _cmd_restore(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_search(args: argparse.Namespace, extra: list[str]) -> int:
     from vireid import retrieval
 
+    retrieval.check_device(args.device)
     queries = retrieval.query_paths(args.query)
     gallery = retrieval.list_images(args.gallery)
     model_file = [] if args.model.startswith(("models:/", "runs:/")) else [Path(args.model)]
     retrieval.check_output(args.out, [*queries, *gallery, *model_file], force=args.force)
     uri = _tracking_uri(args) if args.model.startswith(("models:/", "runs:/")) else ""
+    if uri:  # search only reads: never create a store where the URI points
+        from vireid.tracking.store import check_store_exists
+
+        check_store_exists(uri)
     embed, size = retrieval.load_embed_fn(args.model, tracking_uri=uri, device=args.device)
     q_mod = MODALITY_CODES[args.query_modality]
     g_mod = MODALITY_CODES[args.gallery_modality] if args.gallery_modality else 1 - q_mod
@@ -192,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"dvc repro of the target stages (default {REPRO_DEFAULT_TARGET}; options go to dvc)")
     p.add_argument("targets", nargs="*", help=f"dvc stages to reproduce (default {REPRO_DEFAULT_TARGET}: "
                                               "the pipeline without the opt-in tune stage)")
+    p.add_argument("--params", default="params.yaml",
+                   help="parameters file checked before dvc runs (default params.yaml, the one dvc reads)")
     p.set_defaults(func=_cmd_repro)
 
     p = sub.add_parser("publish", parents=[common],

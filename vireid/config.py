@@ -426,7 +426,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     _check(isinstance(data, Mapping), where, f"must be a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)  # keys of mixed types (1:, foo:) sort as text
     _check(not unknown, f"{where}.{unknown[0]}" if unknown else where,
            f"unknown key (known keys: {', '.join(names)})")
     kwargs = {name: _coerce(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
@@ -441,8 +441,8 @@ def config_from_dict(params: Mapping[str, Any]) -> Config:
     _check(isinstance(params, Mapping), "params.yaml", "top level must be a mapping")
     hints = get_type_hints(Config)
     names = [f.name for f in dataclasses.fields(Config)]
-    unknown = sorted(set(params) - set(names))
-    _check(not unknown, unknown[0] if unknown else "", f"unknown section (known: {', '.join(names)})")
+    unknown = sorted(set(params) - set(names), key=str)
+    _check(not unknown, str(unknown[0]) if unknown else "", f"unknown section (known: {', '.join(names)})")
     return Config(**{n: build(hints[n], params.get(n), n) for n in names})
 
 

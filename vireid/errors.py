@@ -13,6 +13,7 @@ Errors raised inside Ray Train workers reach the driver wrapped (``WorkerGroupEr
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,10 +35,13 @@ _EXPECTED: tuple[tuple[str, str, str], ...] = (
     ("vireid.tracking.store", "TrackingError", "check track.* and the MLflow store"),
     ("vireid.retrieval", "SearchError", "check the paths given"),
     ("vireid.tuning.run", "SearchIncomplete", "finished trials are kept"),
+    ("vireid.ray_session", "RayStartError", "rerun; see Ray's logs in /tmp/ray/session_latest/logs"),
     ("yaml", "YAMLError", "fix the YAML syntax"),
 )
 # OSErrors about a path the user handed in (missing file, folder where a file was expected...)
 _OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+# OSErrors of an output location the user chose that cannot take the outputs
+_UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def debug_requested(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> bool:
@@ -93,6 +97,9 @@ def expected_error(exc: BaseException) -> str | None:
         if isinstance(e, _OS_ERRORS) and e.filename is not None:
             what = e.strerror or type(e).__name__
             return f"{e.filename}: {what} (check the path given)"
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename is not None:
+            what = e.strerror or type(e).__name__
+            return f"{e.filename}: {what} (write the outputs somewhere writable: another --out or data.root)"
     return None
 
 
@@ -118,16 +125,18 @@ def run_entry(main: Callable[[list[str]], Any], argv: Sequence[str] | None = Non
               debug: bool = False, environ: Mapping[str, str] | None = None) -> int:
     """Run ``main(argv)``: exit code 0; an expected error -> one line on stderr and 2 (the
     traceback with ``--debug`` / ``VIREID_DEBUG=1``); Ctrl-C -> one line and 130; any other
-    exception propagates (a bug: Python prints the traceback, exit code 1). ``main``'s
+    exception propagates (a bug: Python prints the traceback, exit code 1); a KeyboardInterrupt
+with a message (the train stage's: where a rerun resumes) prints it in parentheses. ``main``'s
     return value is ignored (the CLI keeps its own)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug or debug_requested(argv, environ)
     try:
         main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print("error: interrupted", file=sys.stderr)
+        why = _one_line(e.args[0]) if e.args and isinstance(e.args[0], str) else ""
+        print(f"error: interrupted ({why})" if why else "error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
         line = error_line(e)

@@ -3,7 +3,9 @@
 Atomic output, so that nothing is ever left half-written: every writer in vireid goes through
 these helpers: the content is written to a temporary
 name in the destination folder, flushed, and renamed over the final name (an atomic
-operation on POSIX file systems). A crash leaves either the old file or the new one, and
+operation on POSIX file systems), with the mode a plain ``open`` would give (``0666`` /
+``0777`` less the umask: ``0644`` / ``0755`` usually, not the temporary's ``0600``, so a
+teammate on a shared volume can read the outputs). A crash leaves either the old file or the new one, and
 :func:`remove_stale_temporaries` clears what a killed writer left. Also :func:`sha256_file`
 (the one file hash) and :func:`environ_set` (an environment variable set for a block).
 """
@@ -21,6 +23,13 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and a rename."""
     path = Path(path)
@@ -28,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would survive the rename
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -58,6 +68,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would survive the rename
     try:
         yield tmp
     except BaseException:
@@ -69,6 +80,24 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``path`` (and missing parents) created for the block; when the block fails, the folders
+    it created are removed again if still empty: a refused run leaves no empty output folder."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something was written) or gone: leave it
+                break
+        raise
 
 
 def stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:

@@ -74,6 +74,11 @@ def ray_storage(location: str, environ: Mapping[str, str]) -> tuple[str, Any]:
     return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
 
 
+class RayStartError(RuntimeError):
+    """Ray did not start (a local instance timed out under load) or the cluster of
+    ``train.ray_address`` could not be joined."""
+
+
 def start_local_ray(num_cpus: int, num_gpus: int = 0, object_store_mb: int = 256) -> str:
     """Start a local Ray whose own processes know its address; return the address.
 
@@ -117,12 +122,23 @@ def ray_session(address: str, *, num_cpus: int, num_gpus: int = 0,
     if ray.is_initialized():
         yield
         return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(WORKER_ENV)})
+        else:
+            start_local_ray(num_cpus, num_gpus, object_store_mb)
+    except Exception as e:  # Ray's start-up failures are plain Exceptions/ConnectionErrors
+        ray.shutdown()  # what did start
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if address:
+            raise RayStartError(f"train.ray_address: could not join the Ray cluster at {address} ({first}) "
+                                "(check the address and that the cluster is up)") from e
+        raise RayStartError(f"Ray: the local instance did not start ({first}) (the machine may be "
+                            "overloaded: rerun when it is quieter, or lower train.num_workers / "
+                            "cpus_per_worker; Ray's logs: /tmp/ray/session_latest/logs)") from e
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(WORKER_ENV)})
         log.info("joined the Ray cluster at %s (%d nodes)", address,
                  sum(1 for n in ray.nodes() if n.get("Alive")))
-    else:
-        start_local_ray(num_cpus, num_gpus, object_store_mb)
     try:
         yield
     finally:

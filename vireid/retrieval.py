@@ -102,6 +102,8 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
     try:
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as e:  # more pixels than PIL's limit: skipped, never decoded
+        raise SearchError(f"cannot read image {path}: too large to decode safely ({e})") from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise SearchError(f"cannot read image {path}: {e}") from e
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
@@ -211,6 +213,22 @@ def save_picture(path: str | os.PathLike[str], results: Sequence[QueryResult]) -
                 ax.axis("off")
     fig.tight_layout()
     return save_png(path, fig)
+
+
+def check_device(device: str) -> torch.device:
+    """``--device`` as a torch device; an unknown name, or CUDA where there is none, is a
+    :class:`SearchError`."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise SearchError(f"--device {device}: not a torch device ({_first(e)}; e.g. cpu, cuda, cuda:0)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SearchError(f"--device {device}: no CUDA device on this machine (use --device cpu)")
+    return dev
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_embed_fn(model: str, *, tracking_uri: str, device: str | torch.device = "cpu"

@@ -76,7 +76,7 @@ def test_prepare_is_deterministic_and_table_pickles(tiny_sysu_master: Path, tmp_
     assert t2.image_bytes(len(t) - 1) == t.image_bytes(len(t) - 1)
     with pytest.raises(IndexError):
         t.image(len(t))
-    with pytest.raises(KeyError, match="split 'test' not in"):
+    with pytest.raises(DatasetError, match="split 'test' not in"):
         a.table("test")
 
 

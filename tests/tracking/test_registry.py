@@ -37,6 +37,22 @@ def test_protocol_key() -> None:
         protocol_key(HEAD, dataset="regdb")
 
 
+def test_protocol_key_holds_the_evaluation_settings() -> None:
+    """Issue 25 item 6: eval.flip and eval.trials change the numbers, so a flip-off (or
+    2-draw) evaluation is another protocol than the flip-on, 10-draw champion's."""
+    assert protocol_key(HEAD, dataset="sysu", flip=True, trials=10) == SYSU
+    assert protocol_key(HEAD, dataset="sysu", flip=False) == SYSU + "+noflip"
+    assert protocol_key(HEAD, dataset="sysu", trials=2) == SYSU + "+trials2"
+    assert protocol_key(HEAD, dataset="sysu", rerank=True, flip=False, trials=3) == SYSU + "+rerank+noflip+trials3"
+    # RegDB evaluates the shards' one split trial whatever eval.trials; flip still counts
+    assert protocol_key("regdb/v2t/mAP", dataset="regdb", regdb_trial=2, trials=3) == "regdb/v2t@trial2"
+    assert protocol_key("regdb/v2t/mAP", dataset="regdb", flip=False) == "regdb/v2t@trial1+noflip"
+    d = decide(protocol=protocol_key(HEAD, dataset="sysu", flip=False), headline=HEAD, value=99.0,
+               champion=_tags(protocol=protocol_key(HEAD, dataset="sysu")), champion_version="1")
+    assert d.alias_role == "challenger" and "another protocol (sysu/all/single@community, this model: " \
+        "sysu/all/single@community+noflip)" in d.reason
+
+
 def _tags(protocol: str = SYSU, headline: str = HEAD, value: float = 45.0) -> dict[str, str]:
     return {"protocol": protocol, "headline": headline, "headline_value": repr(value)}
 
@@ -166,3 +182,42 @@ def test_logged_model_id_is_passed_for_a_models_id_source() -> None:
     assert logged_model_id("models:/m-0123abcd") == "m-0123abcd"
     for other in ("models:/vireid/1", "models:/vireid@champion", "runs:/abc/model", "m-0123", "models:/"):
         assert logged_model_id(other) is None, other
+
+
+def test_reregistering_reads_the_alias_not_the_stored_decision(target, logged) -> None:
+    """Issue 25 item 1: v1 champion, then v2 better (champion); registering v1's model and
+    evaluation again reuses v1, and its record says what the registry says now: v1 holds no
+    alias and is not promoted, the champion is v2 (not "v1 champion, promoted")."""
+    run_id, model_uri = logged
+    name = "reread-alias"
+
+    def reg(value: float, fp: str) -> dict:
+        return register(target.tracking_uri, model_name=name, model_uri=model_uri, run_id=run_id,
+                        protocol=SYSU, headline=HEAD, value=value, data_hash="d" * 64, git_commit="c",
+                        fingerprint={"model_sha256": fp, "eval_sha256": fp})
+
+    assert reg(45.0, "a")["alias"] == "champion"
+    second = reg(47.5, "b")
+    assert (second["version"], second["alias"], second["current_champion"]) == ("2", "champion", "2")
+    again = reg(45.0, "a")
+    assert (again["version"], again["reused"]) == ("1", True)
+    assert (again["alias"], again["promoted"], again["current_champion"]) == (None, False, "2")
+    assert again["reason"].startswith("alias champion now points to v2; at its registration: first champion")
+    assert {k: str(v) for k, v in MlflowClient(target.tracking_uri).get_registered_model(name).aliases.items()} \
+        == {"champion": "2"}
+    assert reg(47.5, "b")["promoted"] is True  # the champion's own record is unchanged
+
+
+def test_summary_says_when_the_registered_version_holds_no_alias(tmp_path: Path, capsys) -> None:
+    """The summary of ``make run`` prints the registration as it stands (item 1's record):
+    a version that lost the champion alias is not shown as "-> None"."""
+    from tests._params import params_file
+    from vireid.stages import summary
+
+    params = params_file(tmp_path / "params.yaml", {"track": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}})
+    atomic_write_json(tmp_path / "outputs/register/registration.json",
+                      {"model_name": "vireid", "version": "1", "alias": None, "current_champion": "2",
+                       "reason": "alias champion now points to v2; at its registration: first champion"})
+    text = summary.main(["--params", str(params), "--outputs", str(tmp_path / "outputs")])
+    assert "registry:  vireid v1 -> no alias (champion: v2): alias champion now points to v2;" in text
+    assert not (tmp_path / "m.db").exists()

@@ -71,8 +71,8 @@ def test_rerank_changes_the_metrics_and_is_recorded(tiny_shards, model_file, tmp
     assert cmc_columns(tmp_path / "eval-rerank")[key] != cmc_columns(tmp_path / "eval-plain")[key]
     # recorded, and part of the protocol key the registry compares on
     assert (plain["provenance"]["rerank"], rerank["provenance"]["rerank"]) == (False, True)
-    assert plain["provenance"]["protocol"] == "sysu/all/single@community"
-    assert rerank["provenance"]["protocol"] == "sysu/all/single@community+rerank"
+    assert plain["provenance"]["protocol"] == "sysu/all/single@community+trials2"  # eval.trials 2
+    assert rerank["provenance"]["protocol"] == "sysu/all/single@community+rerank+trials2"
     # the chance level is that of random embeddings without re-ranking: the same in both
     chance = [k for k in plain if k.startswith("chance/")]
     assert chance and {k: rerank[k] for k in chance} == {k: plain[k] for k in chance}
@@ -183,7 +183,7 @@ def test_official_sampler_takes_the_gallery_from_the_file(official) -> None:
     for metrics in (first, second):
         assert metrics["sysu/all/single"]["sampler"] == "official"
         assert metrics["provenance"]["sysu_sampler"] == "official"
-        assert metrics["provenance"]["protocol"] == "sysu/all/single@official"
+        assert metrics["provenance"]["protocol"] == "sysu/all/single@official+trials2"  # eval.trials 2
     # rows that name the same images give the same gallery in both trials
     assert _trials(first)[0] == _trials(first)[1] and _trials(second)[0] == _trials(second)[1]
     # the other image of every folder: another gallery, other results
@@ -252,3 +252,42 @@ def test_official_sampler_without_a_perm_file_is_a_config_error(tiny_shards, mod
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and " INFO " not in ln]
     assert rc == 2 and len(lines) == 1 and "eval.official_perm_path" in lines[0], lines
     assert not (out / "metrics.json").exists()
+
+
+def test_another_models_evaluation_is_not_logged_into_the_pipeline_run(tiny_shards, model_file, tmp_path,
+                                                                      monkeypatch) -> None:
+    """Issue 25 item 2: ``evaluate --model other.pt`` in a project whose train stage recorded
+    its MLflow run leaves that run alone (its eval tags describe the train stage's model);
+    the train stage's own model.pt is logged there by default, as before."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from vireid.config import TrackConfig
+    from vireid.tracking import resolve_target, run_record, start_pipeline_run
+    from vireid.tracking.tags import TAG_EVAL_PREFIX
+
+    shards, cfg = tiny_shards
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg_track = merged(config_to_dict(cfg), {"track": {"tracking_uri": uri}, "eval": SYSU_EVAL})
+    params = params_file(tmp_path / "params.yaml", cfg_track)
+    monkeypatch.chdir(tmp_path)
+    target = resolve_target(TrackConfig(tracking_uri=uri), tmp_path)
+    run_id = start_pipeline_run(target, config=cfg_track, git_commit="c", data_hash="", dataset="sysu",
+                                protocol="", run_name="pipeline")
+    (tmp_path / "outputs/train").mkdir(parents=True)
+    (tmp_path / "outputs/train/mlflow_run.json").write_text(json.dumps(run_record(target, run_id, tmp_path)))
+    client = MlflowClient(uri)
+
+    def eval_tags() -> dict[str, str]:
+        return {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith(TAG_EVAL_PREFIX)}
+
+    evaluate_stage.main(["--params", str(params), "--model", str(model_file), "--shards", str(shards),
+                         "--out", str(tmp_path / "other")])
+    assert (tmp_path / "other/metrics.json").is_file()
+    assert eval_tags() == {} and client.get_run(run_id).data.metrics == {}
+
+    shutil.copy(model_file, tmp_path / "outputs/train/model.pt")  # the train stage's own model
+    evaluate_stage.main(["--params", str(params), "--shards", str(shards), "--out", str(tmp_path / "own")])
+    assert eval_tags()[f"{TAG_EVAL_PREFIX}model_sha256"] == json.loads(
+        (tmp_path / "own/metrics.json").read_text())["provenance"]["model_sha256"]

@@ -27,7 +27,7 @@ def test_evaluate_sysu_writes_metrics_and_plots(tiny_shards, model_file, tmp_pat
                                                                           "provenance"}
     prov = on_disk["provenance"]
     assert prov["shards_sha256"] == ShardSet(shards).manifest["sha256_total"] and prov["dataset"] == "sysu"
-    assert prov["protocol"] == "sysu/all/single@community" and prov["data_kind"] == "synthetic"
+    assert prov["protocol"] == "sysu/all/single@community+trials2" and prov["data_kind"] == "synthetic"
     assert prov["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert on_disk["sysu/all/single"]["trials"] == 2
     assert 0.0 <= on_disk["sysu/all/single/mAP"] <= 100.0

@@ -262,6 +262,10 @@ def decode_jpeg(data: bytes) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1)  # channels-last strides: faster uint8 resize
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class ShardTable:
     """One split: metadata columns as numpy arrays, images decoded on demand.
 
@@ -285,7 +289,14 @@ class ShardTable:
         self._open()
 
     def _open(self) -> None:
-        tables = [pa.ipc.open_file(pa.memory_map(str(f), "r")).read_all() for f in self.files]
+        tables = []
+        for f in self.files:
+            try:
+                tables.append(pa.ipc.open_file(pa.memory_map(str(f), "r")).read_all())
+            except FileNotFoundError:
+                raise DatasetError(f, "shard listed in manifest.json is missing (rerun the prepare stage)") from None
+            except (pa.ArrowException, OSError) as e:  # truncated or overwritten
+                raise DatasetError(f, f"damaged shard ({_first_line(e)}; rerun the prepare stage)") from None
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         self.path: np.ndarray = np.asarray(table.column("path").to_pylist(), dtype=object)  # [N] str
         self.identity: np.ndarray = table.column("identity").to_numpy().astype(np.int64)  # [N]
@@ -376,10 +387,31 @@ class ShardSet:
             raise DatasetError(manifest_path, f"unknown image encoding {encoding!r} in key 'image_encoding' "
                                               f"(this reader knows {', '.join(ENCODINGS)})")
         self.encoding: str = encoding
+        self._check_keys(manifest_path)
         self.image_size: tuple[int, int] = (int(self.manifest["image_height"]), int(self.manifest["image_width"]))
         present = self.manifest["splits"]  # JSON keys are sorted: restore the protocol order
         self.split_names: tuple[str, ...] = tuple(
             [s for s in SPLIT_ORDER if s in present] + sorted(set(present) - set(SPLIT_ORDER)))
+
+    def _check_keys(self, manifest_path: Path) -> None:
+        """The keys every reader uses: a manifest without them is damaged (a DatasetError
+        naming the key, not a KeyError later)."""
+        def damaged(what: str) -> DatasetError:
+            return DatasetError(manifest_path, f"damaged shard manifest: {what} (rerun the prepare stage)")
+
+        for key in ("image_height", "image_width"):
+            value = self.manifest.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise damaged(f"key {key!r} is {'missing' if value is None else repr(value)}, not a positive integer")
+        splits = self.manifest.get("splits")
+        if not isinstance(splits, dict):
+            raise damaged("no 'splits' mapping")
+        for name, entry in splits.items():
+            shards = entry.get("shards") if isinstance(entry, dict) else None
+            if not isinstance(shards, list) or not all(
+                    isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("sha256"), str)
+                    for s in shards):
+                raise damaged(f"split {name!r} has no list of shards with 'file' and 'sha256'")
 
     @property
     def identity_map(self) -> IdentityMap:
@@ -392,7 +424,8 @@ class ShardSet:
 
     def table(self, split: str) -> ShardTable:
         if split not in self.manifest["splits"]:
-            raise KeyError(f"split {split!r} not in {self.dir} (splits: {', '.join(self.split_names)})")
+            raise DatasetError(self.dir / "manifest.json", f"split {split!r} not in {self.dir} (splits: "
+                                                           f"{', '.join(self.split_names)}; rerun the prepare stage)")
         return ShardTable([self.dir / s["file"] for s in self.manifest["splits"][split]["shards"]],
                           encoding=self.encoding, image_size=self.image_size)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +33,43 @@ def stage_parser(description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` reading scalars as YAML 1.2 does (DVC's reader, ruamel.yaml, reads
+    ``params.yaml`` that way, so both see the same values): ``1e-3`` and ``1.0e3`` are floats
+    (YAML 1.1 makes them strings), only ``true``/``false`` are booleans (not ``yes``/``no``/
+    ``on``/``off``); a key given twice in one mapping is refused (DVC refuses it too)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r}, first given on line {seen[key].line + 1}",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+ParamsLoader.add_implicit_resolver(  # YAML 1.2 floats YAML 1.1 lacks: an exponent without a dot or sign
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
-    """Read ``path`` with ``yaml.safe_load`` and validate it into a :class:`Config`.
+    """Read ``path`` with :class:`ParamsLoader` (YAML 1.2 scalars, duplicate keys refused)
+    and validate it into a :class:`Config`.
 
     Every :class:`ConfigError` names the file first (``params.yaml: model.memory_size: ...``);
     a YAML syntax error is a ConfigError naming file, line and column. An empty file or a
@@ -47,7 +83,7 @@ def load_config(path: str | os.PathLike[str] = "params.yaml") -> Config:
         raise ConfigError(f"{path}: parameters file not found")
     try:
         with path.open(encoding="utf-8") as fh:
-            params = yaml.safe_load(fh)
+            params = yaml.load(fh, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

@@ -12,7 +12,8 @@ shard hashes, dataset, data kind, RegDB trial of the shards, protocol; and the c
 of the headline protocol, random unit embeddings, 10 draws, as ``chance/<protocol>/<metric>``),
 ``cmc.csv`` (DVC plots: column ``headline`` is the CMC of ``eval.headline``'s protocol, then
 one column per protocol), ``cmc.png`` and ``ranked_list.png``. When the train stage's MLflow
-run record exists, the metrics and plots are logged into that run (``track`` says which store
+run record exists and ``--model`` is the train stage's model (or ``--run-file`` names a record),
+the metrics and plots are logged into that run (``track`` says which store
 it must be in: a record of another store, e.g. of the checkout this one was copied from, is
 refused).
 
@@ -44,7 +45,7 @@ from vireid.evaluation.chance import chance_level
 from vireid.evaluation.extract import table_features
 from vireid.evaluation.provenance import PROVENANCE_KEY, check_shards_for_model, provenance
 from vireid.evaluation.sysu import load_official_permutations, sample_gallery, sysu_protocols
-from vireid.io import atomic_write_json
+from vireid.io import atomic_write_json, output_folder
 from vireid.stages.entry import (
     clean_stale_temporaries,
     load_config,
@@ -162,7 +163,8 @@ def _evaluate_loaded(cfg: Config, model: Any, meta: dict[str, Any], shards_dir: 
         model_path=manifest_path if model_path is None else model_path, manifest=shards.manifest,
         manifest_path=manifest_path,
         protocol=protocol_key(cfg.eval.headline, dataset=dataset, sysu_sampler=cfg.eval.sysu_sampler,
-                              regdb_trial=trial or 1, rerank=cfg.eval.rerank),
+                              regdb_trial=trial or 1, rerank=cfg.eval.rerank, flip=cfg.eval.flip,
+                              trials=cfg.eval.trials),
         headline=cfg.eval.headline, sysu_sampler=cfg.eval.sysu_sampler, rerank=cfg.eval.rerank,
         trials=cfg.eval.trials, flip=cfg.eval.flip)
     if logged is not None:
@@ -229,28 +231,50 @@ def _evaluate_loaded(cfg: Config, model: Any, meta: dict[str, Any], shards_dir: 
     return metrics
 
 
+TRAIN_MODEL, TRAIN_RUN_FILE = "outputs/train/model.pt", "outputs/train/mlflow_run.json"
+
+
+def run_file_for(model: str, run_file: str | None) -> str | None:
+    """The run record to log into: ``run_file`` when given; else the train stage's, but only
+    when ``model`` is the train stage's model file (that run's provenance is that model's)."""
+    if run_file is not None:
+        return run_file
+    if Path(model).resolve() == Path(TRAIN_MODEL).resolve():
+        return TRAIN_RUN_FILE
+    log.info("%s is not the train stage's %s: not logged into its MLflow run (--run-file to log)",
+             model, TRAIN_MODEL)
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--model", default="outputs/train/model.pt",
                         help="trained model file, or a logged model: models:/vireid@champion, runs:/<id>/model")
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/eval", help="output directory")
-    parser.add_argument("--run-file", default="outputs/train/mlflow_run.json",
-                        help="the train stage's MLflow run record (metrics are logged there if present)")
+    parser.add_argument("--run-file", default=None,
+                        help="MLflow run record to log the metrics into, if present (default: the train "
+                             f"stage's {TRAIN_RUN_FILE}, and only when --model is its {TRAIN_MODEL}: "
+                             "another model's evaluation is not logged into the pipeline's run)")
     args = parser.parse_args(argv)
+    args.run_file = run_file_for(args.model, args.run_file)
     setup_logging()
     cfg = load_config(args.params)
+    if args.run_file is not None and Path(args.run_file).is_file():  # logged into at the end: asked now
+        from vireid.tracking.store import check_server
+
+        check_server(cfg.track.tracking_uri)
     out = Path(args.out)
     clean_stale_temporaries(*(out / name for name in ("metrics.json", "cmc.csv", "cmc.png", "ranked_list.png")))
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     logged = None
     if args.model.startswith(("models:/", "runs:/")):
         from vireid.tracking import resolve_target
 
         logged = load_logged(args.model, resolve_target(cfg.track, Path.cwd()).tracking_uri, cfg, device)
-    metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device, logged=logged)
-    if logged is None and Path(args.run_file).is_file():
+    with output_folder(out):  # a refused evaluation leaves no empty --out folder
+        metrics = evaluate(cfg, Path(args.model), Path(args.shards), out, device, logged=logged)
+    if logged is None and args.run_file is not None and Path(args.run_file).is_file():
         from vireid.tracking import (
             log_metrics_json,
             log_plots,

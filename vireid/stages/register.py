@@ -4,7 +4,8 @@ Alias ``champion`` moves only to a better model on the same protocol and data
 (:mod:`vireid.tracking.registry`). Protocol and data hash come from ``metrics.json``'s
 provenance, which must be the evaluation of this very model file. Idempotent: the same model
 and evaluation give the same version and decision, and a registration killed half-way is
-completed by the next run. Before the model is logged, its ``torch.export`` program (what is
+completed by the next run; an already registered version's record (``registration.json``)
+reads the aliases as they stand now, not the decision stored at its registration. Before the model is logged, its ``torch.export`` program (what is
 logged) is checked against the eager model's embeddings (:func:`vireid.tracking.model.check_export`):
 a program that does not reproduce them is a ``TrackingError``, nothing logged or registered.
 Writes ``outputs/register/registration.json``."""
@@ -39,6 +40,7 @@ from vireid.tracking import (
 )
 from vireid.tracking.registry import find_version
 from vireid.tracking.runs import check_recorded_run, set_tags
+from vireid.tracking.store import check_server
 from vireid.tracking.tags import (
     TAG_DATA_KIND,
     TAG_EVAL_SHA,
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    check_server(cfg.track.tracking_uri)
     clean_stale_temporaries(args.out)
     repo = Path.cwd()
     target = resolve_target(cfg.track, repo)
@@ -123,9 +126,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           challenger_alias=cfg.track.challenger_alias,
                           fingerprint=fingerprint, extra_tags={TAG_DATA_KIND: prov.get("data_kind", "unknown")})
         set_tags(target.tracking_uri, run_id, {TAG_REGISTERED_VERSION: record["version"],
-                                               TAG_REGISTERED_ALIAS: record["alias"]})
+                                               TAG_REGISTERED_ALIAS: record["alias"] or "none"})
     atomic_write_json(args.out, record)
-    again = " (already registered)" if record["reused"] else ""
-    print(f"registered {record['model_name']} v{record['version']} as {record['alias']}{again}: {record['reason']}")
+    held = f"as {record['alias']}" if record["alias"] else "holding no alias"
+    again = ""
+    if record["reused"]:
+        champion = record.get("current_champion")
+        again = " (already registered" + ("" if record["promoted"] else
+                                          f"; {cfg.track.champion_alias} is v{champion}" if champion else "") + ")"
+    print(f"registered {record['model_name']} v{record['version']} {held}{again}: {record['reason']}")
     return record
 

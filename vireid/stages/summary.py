@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> str:
                  f"{out / 'eval' / 'cmc.csv'}   (uv run dvc plots show)")
     registration = _read(out / "register" / "registration.json")
     if registration:
+        alias = registration.get("alias") or f"no alias (champion: v{registration.get('current_champion')})"
         lines.append(f"registry:  {registration.get('model_name')} v{registration.get('version')} -> "
-                     f"{registration.get('alias')}: {registration.get('reason')}")
+                     f"{alias}: {registration.get('reason')}")
     target = resolve_target(cfg.track, Path.cwd())
     lines.append(f"MLflow UI: uv run mlflow ui --backend-store-uri {target.tracking_uri}   "
                  "(then open http://127.0.0.1:5000)")

@@ -10,14 +10,22 @@ give another run name and start afresh. ``train.ray_address`` says which Ray: em
 local instance; else the cluster to join, whose workers then read the shards staged under
 ``<train.storage>/shards/`` (:mod:`vireid.data.staging`), not the head's ``data/shards``.
 On a cluster of several nodes the MLflow store must be a server every node reaches
-(``track.tracking_uri: http://...``).
+(``track.tracking_uri: http://...``). Ctrl-C (which Ray Train turns into an abort of the run)
+leaves the outputs as they were and ends with ``error: interrupted (rerun resumes from the
+checkpoint of epoch N)``, exit code 130.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Mapping
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +50,8 @@ from vireid.tracking import (
     run_record,
     start_pipeline_run,
 )
-from vireid.training.ray_train import fit
+from vireid.tracking.store import check_server
+from vireid.training.ray_train import ReportLog, fit
 
 log = logging.getLogger("vireid.stages.train")
 
@@ -70,6 +79,56 @@ def truncated_epoch_warning(cfg: Config, manifest: Mapping[str, Any]) -> str | N
             "set train.iters_per_epoch: 0 for full epochs (the AGW recipes)")
 
 
+@contextmanager
+def noting_sigint() -> Iterator[list[bool]]:
+    """A list that is non-empty once Ctrl-C (SIGINT) arrived in the block, whatever handler
+    the block installs: Ray Train installs its own (it aborts the run, then returns or exits
+    0), so the SIGINT handlers set in the block are wrapped, and the previous one is back after."""
+    seen: list[bool] = []
+    real = signal.signal
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(handler: Any) -> Any:
+        if not callable(handler):
+            return handler
+
+        def noted(signum: int, frame: Any) -> Any:
+            seen.append(True)
+            return handler(signum, frame)
+        return noted
+
+    def patched(signum: int, handler: Any) -> Any:
+        return real(signum, note(handler) if signum == signal.SIGINT else handler)
+
+    signal.signal = patched  # type: ignore[assignment]
+    try:
+        yield seen
+    finally:
+        signal.signal = real
+        if threading.current_thread() is threading.main_thread():
+            real(signal.SIGINT, previous)
+
+
+def resume_hint(reports: Path) -> str:
+    """Where a rerun resumes: the last epoch reported with a checkpoint in ``reports``
+    (:class:`vireid.training.ray_train.ReportLog`'s lines)."""
+    epoch = None
+    try:
+        lines = reports.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("checkpoint") and isinstance(record.get("epoch"), (int, float)):
+            epoch = int(record["epoch"])
+    if epoch is None:
+        return "rerun resumes from the last checkpoint Ray Train committed, if any"
+    return f"rerun resumes from the checkpoint of epoch {epoch}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """The stage; every ``torch.load`` in it (and in its Ray workers) is weights-only."""
     with weights_only_torch_load():
@@ -83,6 +142,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    check_server(cfg.track.tracking_uri)  # a server that is down: one line now, not minutes of retries
     if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
         load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
     repo = Path.cwd()
@@ -103,8 +163,27 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         storage, filesystem = ray_storage(storage_location(cfg.train.storage, repo, "train"), os.environ)
         shards_at = shard_source(args.shards, cfg.train.ray_address,
                                  *ray_storage(storage_location(cfg.train.storage, repo, "shards"), os.environ))
-        summary = fit(cfg, Path(args.shards), Path(args.out), storage, storage_filesystem=filesystem,
-                      tracking={"tracking_uri": target.tracking_uri, "run_id": run_id}, shards_at=shards_at)
+        out.mkdir(parents=True, exist_ok=True)
+        # fit writes into a staging folder (".model.pt.*.tmp": cleaned up as a leftover of
+        # model.pt) whose files replace the outputs only when the run was not interrupted
+        staging = Path(tempfile.mkdtemp(prefix=".model.pt.", suffix=".tmp", dir=out)).resolve()
+        reports = staging / "reports.jsonl"
+        try:
+            with noting_sigint() as sigint:
+                try:
+                    summary = fit(cfg, Path(args.shards), staging, storage, storage_filesystem=filesystem,
+                                  tracking={"tracking_uri": target.tracking_uri, "run_id": run_id},
+                                  shards_at=shards_at, callbacks=[ReportLog(reports)])
+                except (Exception, KeyboardInterrupt, SystemExit) as e:
+                    if sigint or isinstance(e, KeyboardInterrupt):
+                        raise KeyboardInterrupt(resume_hint(reports)) from e
+                    raise
+            if sigint:  # Ray Train's own SIGINT handler aborted the run and fit returned
+                raise KeyboardInterrupt(resume_hint(reports))
+            for name in ("model.pt", "train_summary.json", "history.csv"):
+                os.replace(staging / name, out / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         for record in summary["history"]:  # per-epoch means and validation, step = epoch
             log_metrics(target.tracking_uri, run_id,
                         {f"epoch/{k}": float(v) for k, v in record.items()

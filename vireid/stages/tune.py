@@ -30,6 +30,7 @@ from vireid.stages.entry import (
     weights_only_torch_load,
 )
 from vireid.tracking import resolve_target
+from vireid.tracking.store import check_server
 from vireid.tuning import run_search
 
 log = logging.getLogger("vireid.stages.tune")
@@ -50,6 +51,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
+    check_server(cfg.track.tracking_uri)
     clean_stale_temporaries(*(Path(args.out) / name for name in ("best_params.yaml", "summary.json", "tune.png")))
     storage, filesystem = ray_storage(storage_location(cfg.train.storage, Path.cwd(), "tune"), os.environ)
     shards_at = shard_source(args.shards, cfg.train.ray_address,

@@ -26,7 +26,10 @@ returned as a dict that the register stage writes to ``registration.json``.
 
 **Idempotence**: :func:`register` called with a ``fingerprint`` (tags ``model_sha256``,
 ``eval_sha256``: the model file and its evaluation) first looks for a version carrying it.
-One with a decision is returned as it is (same version, same decision, no new version); one
+One with a decision is reused (same version, no new version), and its record reads the
+aliases as they stand now (``alias``: the alias the version holds, None when it holds none;
+``promoted``: whether it is the champion now; ``current_champion``: the version the champion
+alias points to): another version may have become champion since; one
 without (a registration killed between creating the version and recording the decision) is
 completed. The register stage also skips logging the model again when the version exists.
 """
@@ -52,9 +55,12 @@ from vireid.tracking.tags import (
 
 
 def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community",
-                 regdb_trial: int = 1, rerank: bool = False) -> str:
+                 regdb_trial: int = 1, rerank: bool = False, flip: bool = True, trials: int = 10) -> str:
     """``"sysu/all/single/mAP"`` + sampler -> ``"sysu/all/single@community"``; RegDB uses the
-    trial (``regdb/v2t@trial1``). The headline must belong to ``dataset``."""
+    trial (``regdb/v2t@trial1``). The headline must belong to ``dataset``. Evaluation settings
+    that change the numbers and differ from the defaults are appended: ``+rerank``,
+    ``+noflip`` (``eval.flip`` off), ``+trials<n>`` (SYSU-MM01's ``eval.trials`` gallery draws
+    other than 10; a RegDB evaluation runs the shards' one split trial whatever ``eval.trials``)."""
     if headline.count("/") < 1:
         raise ValueError(f"eval.headline: {headline!r} is not <protocol>/<metric>")
     entry = headline.rsplit("/", 1)[0]
@@ -62,7 +68,10 @@ def protocol_key(headline: str, *, dataset: str, sysu_sampler: str = "community"
     if family != dataset:
         raise ValueError(f"eval.headline: {headline!r} is a {family} metric but data.dataset is {dataset!r}")
     suffix = sysu_sampler if dataset == "sysu" else f"trial{int(regdb_trial)}"
-    return f"{entry}@{suffix}{'+rerank' if rerank else ''}"
+    settings = ("+rerank" if rerank else "") + ("" if flip else "+noflip")
+    if dataset == "sysu" and int(trials) != 10:
+        settings += f"+trials{int(trials)}"
+    return f"{entry}@{suffix}{settings}"
 
 
 @dataclass(frozen=True)
@@ -184,8 +193,9 @@ def register(
         }
 
     if existing is not None and existing.tags.get(TAG_DECISION) in ("champion", "challenger"):
-        return record(existing.version, existing.tags[TAG_DECISION], existing.tags.get(TAG_REASON, ""),
-                      None, True, existing.source)
+        return _current(record(existing.version, existing.tags[TAG_DECISION],
+                               existing.tags.get(TAG_REASON, ""), None, True, existing.source),
+                        aliases, champion_alias, challenger_alias)
 
     if existing is not None and champion_version is not None and str(champion_version) == str(existing.version):
         # killed after the alias moved and before the decision was recorded
@@ -219,4 +229,30 @@ def register(
                     "headline": champion_tags.get(TAG_HEADLINE), "value": champion_tags.get(TAG_VALUE),
                     "data_hash": champion_tags.get(TAG_DATA_HASH)}
     return record(mv.version, decision.alias_role, decision.reason, previous, existing is not None,
-                  mv.source if existing is not None else model_uri)
+                  mv.source if existing is not None else model_uri) | {"current_champion": str(mv.version)
+                  if decision.alias_role == "champion" else _opt(champion_version)}
+
+
+def _opt(version: Any) -> str | None:
+    return None if version is None else str(version)
+
+
+def _current(rec: dict[str, Any], aliases: Mapping[str, Any], champion_alias: str,
+             challenger_alias: str) -> dict[str, Any]:
+    """The record of an already registered version as the registry stands now: its alias and
+    ``promoted`` are read from the aliases (another version may have become champion since
+    its registration), not from the decision stored when it was registered."""
+    version = rec["version"]
+    champion = _opt(aliases.get(champion_alias))
+    if champion == version:
+        alias = champion_alias
+    elif _opt(aliases.get(challenger_alias)) == version:
+        alias = challenger_alias
+    else:
+        alias = None
+    reason = rec["reason"]
+    if (alias == champion_alias) != rec["promoted"]:
+        now = f"alias {champion_alias} now points to " + (f"v{champion}" if champion else "no version")
+        reason = f"{now}; at its registration: {reason}"
+    return rec | {"alias": alias, "promoted": alias == champion_alias, "reason": reason,
+                  "current_champion": champion}

@@ -75,6 +75,30 @@ def is_server_uri(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
+def check_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server URI (``http(s)://``), ask its ``/health`` endpoint once with a
+    short ``timeout``; a server that does not answer is a :class:`TrackingError` now (MLflow's
+    own client would retry for minutes, then fail with a traceback). Other URIs: nothing."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            response.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code < 500:  # it answers (an authenticating proxy may refuse /health): reachable
+            return
+        raise TrackingError(f"track.tracking_uri: {tracking_uri}: the MLflow server answers "
+                            f"HTTP {e.code} on /health (check the server's log)") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise TrackingError(f"track.tracking_uri: {tracking_uri}: no MLflow server answers within "
+                            f"{timeout:g} s ({reason}) (start it, or fix the address)") from None
+
+
 def check_reachable_from_nodes(tracking_uri: str, nodes: int) -> None:
     """Refuse a store in this machine's files when ``nodes`` > 1 Ray nodes log to it."""
     if nodes > 1 and not is_server_uri(tracking_uri):
@@ -82,6 +106,20 @@ def check_reachable_from_nodes(tracking_uri: str, nodes: int) -> None:
             f"track.tracking_uri: {tracking_uri} is a store on this machine, but the Ray cluster of "
             f"train.ray_address has {nodes} nodes whose workers log to it; use an MLflow server every "
             "node reaches (http://...; infra/README.md)")
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """For a command that only reads (search, restore): a ``sqlite:///`` store whose database
+    file does not exist is a :class:`TrackingError` (opening it would create an empty store,
+    and its folder, wherever the URI points); a server is asked with :func:`check_server`."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        db = Path(tracking_uri[len(prefix):])
+        if str(db) != ":memory:" and not db.is_file():
+            raise TrackingError(f"{tracking_uri}: no MLflow store there (nothing is registered or logged in it; "
+                                "run the pipeline first, or pass --tracking-uri / --params of the store)")
+    else:
+        check_server(tracking_uri)
 
 
 def prepare_store(tracking_uri: str) -> None:

@@ -1,0 +1,49 @@
+"""Issue 25 item 10: Ctrl-C in the train stage. Ray Train replaces Python's SIGINT handler by
+its own, which aborts the run and lets ``fit`` return (or exits 0): the stage used to end with
+exit code 1 and Ray's message only. Now: ``error: interrupted (rerun resumes from the
+checkpoint of epoch N)``, exit code 130, the outputs of the last run untouched. ``fit`` is
+replaced by one that behaves as Ray Train's does on Ctrl-C (no Ray started: seconds)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from pipelines import train as train_entry
+from tests._params import params_file
+from vireid.config import config_to_dict
+from vireid.errors import run_entry
+from vireid.stages import train as train_stage
+
+
+def test_ctrl_c_in_train_is_one_line_exit_130_and_keeps_the_outputs(tiny_shards, tmp_path: Path, capsys,
+                                                                   monkeypatch) -> None:
+    shards, cfg = tiny_shards
+    params = params_file(tmp_path / "params.yaml", config_to_dict(cfg) | {
+        "track": {**config_to_dict(cfg)["track"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    out = tmp_path / "train"
+    out.mkdir()
+    old = {name: f"last run's {name}".encode() for name in ("model.pt", "train_summary.json", "history.csv")}
+    for name, data in old.items():
+        (out / name).write_bytes(data)
+
+    def fit_aborted_by_ray(cfg: Any, shards_dir: Path, out_dir: Path, storage: Any, **kwargs: Any) -> dict:
+        signal.signal(signal.SIGINT, lambda signum, frame: None)  # Ray's: aborts the controller, returns
+        for epoch, checkpoint in ((2, object()), (3, object()), (4, None)):
+            for callback in kwargs.get("callbacks", ()):
+                callback.after_report(None, [{"epoch": epoch, "loss": 1.0}], checkpoint)
+        os.kill(os.getpid(), signal.SIGINT)
+        for name in old:  # fit exports the latest checkpoint of the aborted run
+            (out_dir / name).write_bytes(b"half-trained")
+        return {"history": [], "val_metrics": {}, "selected_epoch": 4, "images_per_s": 0.0, "wall_seconds": 1.0,
+                "epochs": 4}
+
+    monkeypatch.setattr(train_stage, "fit", fit_aborted_by_ray)
+    code = run_entry(train_entry.main, ["--params", str(params), "--shards", str(shards), "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln and " WARNING " not in ln]
+    assert code == 130 and err == ["error: interrupted (rerun resumes from the checkpoint of epoch 3)"]
+    assert {name: (out / name).read_bytes() for name in old} == old
+    assert sorted(p.name for p in out.iterdir()) == sorted(old)  # no staging folder, no mlflow_run.json
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ray's handler is gone
