@@ -55,7 +55,7 @@ def test_evaluate_a_registered_model_with_its_provenance(target, logged, project
     assert prov["model_dataset"] == "sysu" and prov["model_arch"] == "tiny" and prov["model_sha256"] is None
     manifest = json.loads((shards / "manifest.json").read_text())
     assert prov["shards_sha256"] == manifest["sha256_total"] and prov["data_kind"] == "real"
-    assert prov["protocol"] == "sysu/all/single@community"
+    assert prov["protocol"] == "sysu/all/single@community+trials1"  # eval.trials 1: not the default 10
     for name in ("cmc.csv", "cmc.png", "ranked_list.png"):
         assert (out / name).is_file()
     # the same model through runs:/ gives the same numbers
