@@ -28,7 +28,9 @@ run: setup
 	@$(UV) run --frozen python -m pipelines.summary
 
 # Two pytest workers: the tests that start Ray (marked xdist_group("ray")) run one after another
-# on one of them, mostly waiting on Ray's process start-ups; the other runs everything else.
+# on one of them, sharing one local Ray instance and one S3 server (tests/conftest.py); the other
+# takes the remaining tests one by one as it frees up. tests/conftest.py also sets the variables
+# exported here, so a test file run alone (uv run pytest tests/...) behaves the same.
 test: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen pytest -q -n 2 --dist loadgroup

@@ -28,7 +28,7 @@ import yaml
 
 from tests._params import REPO
 from tests.infra.raycluster_local import LocalRayCluster
-from tests.infra.s3_server import SeaweedS3, running_s3
+from tests.infra.s3_server import SeaweedS3, make_bucket
 from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
@@ -40,7 +40,7 @@ from vireid.tracking.server import free_port, server_command, server_env, start_
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
-BUCKET = "vireid"
+BUCKET = "vireid-cluster"
 EPOCHS = 6
 
 PROBE = """
@@ -57,9 +57,10 @@ print("PROBE " + json.dumps(ray.get(look.remote(sys.argv[2:]))), flush=True)
 
 
 @pytest.fixture
-def s3(tmp_path: Path) -> Iterator[SeaweedS3]:
-    with running_s3(tmp_path / "seaweed", buckets=[BUCKET]) as server:
-        yield server
+def s3(s3_server: SeaweedS3) -> SeaweedS3:
+    """The session's S3 server (tests/conftest.py) with this test's bucket."""
+    make_bucket(s3_server, BUCKET)
+    return s3_server
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from tests.infra.s3_server import (
     SECRET_KEY,
     SeaweedS3,
     list_keys,
-    running_s3,
+    make_bucket,
 )
 from tests.training.conftest import SYNTH
 from vireid.config import config_to_dict
@@ -93,10 +92,11 @@ def _pipeline_repo(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    # the bucket: as the compose stack's one-shot `buckets` service makes it
-    with running_s3(tmp_path_factory.mktemp("seaweed"), buckets=[BUCKET]) as server:
-        yield server
+def s3(s3_server: SeaweedS3) -> SeaweedS3:
+    """The session's S3 server (tests/conftest.py) with the remote's bucket, made as the
+    compose stack's one-shot `buckets` service makes it."""
+    make_bucket(s3_server, BUCKET)
+    return s3_server
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from tests._params import REPO
-from tests.infra.s3_server import SeaweedS3, list_objects, running_s3
+from tests.infra.s3_server import SeaweedS3, list_objects, make_bucket
 from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict
@@ -76,7 +76,7 @@ def client_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def server(client_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(client_env: None, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     from vireid.tracking.server import (
         free_port,
         server_command,
@@ -86,19 +86,20 @@ def server(client_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
 
     base = tmp_path_factory.mktemp("mlflow-s3")
-    with running_s3(base / "seaweed", buckets=[BUCKET]) as s3:
-        port = free_port()
-        cmd = server_command(f"sqlite:///{base / 'mlflow.db'}", artifacts_destination=f"s3://{BUCKET}/{PREFIX}",
-                             port=port)
-        assert "--no-serve-artifacts" not in cmd  # MLflow 3 serves (proxies) artifacts by default
-        env = server_env({**os.environ, **s3.environ(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint})
-        proc = start_server(cmd, env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(f"{url}/health", proc, timeout=240)
-            yield Server(url, s3)
-        finally:
-            stop_server(proc)
+    s3 = s3_server  # the session's (tests/conftest.py), with this module's bucket
+    make_bucket(s3, BUCKET)
+    port = free_port()
+    cmd = server_command(f"sqlite:///{base / 'mlflow.db'}", artifacts_destination=f"s3://{BUCKET}/{PREFIX}",
+                         port=port)
+    assert "--no-serve-artifacts" not in cmd  # MLflow 3 serves (proxies) artifacts by default
+    env = server_env({**os.environ, **s3.environ(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint})
+    proc = start_server(cmd, env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(f"{url}/health", proc, timeout=240)
+        yield Server(url, s3)
+    finally:
+        stop_server(proc)
 
 
 def _dvc_yaml(stages: tuple[str, ...]) -> dict:

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 import torch
-from ray._private import ray_constants
 
 from tests.training.conftest import tiny_config
 from vireid.training.checkpoint import load_model, load_train_state, read_model_file
@@ -19,20 +17,6 @@ from vireid.training.ray_train import ReportLog, fit
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 LOSS_TERMS = ("id", "tri", "dual", "fuse", "kd")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray instance (2 CPUs) for the module, shut down afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        # under `uv run`, Ray would ship the whole project (and a fresh venv) to every worker
-        mp.setattr(ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", False)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=100 * 1024 * 1024)
-        try:
-            yield
-        finally:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +39,8 @@ def _same_weights(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_cluster, setup):
-    """An uninterrupted 2-worker, 2-epoch run."""
+def reference(local_ray, setup):
+    """An uninterrupted 2-worker, 2-epoch run (on the session's local Ray, tests/conftest.py)."""
     shards, cfg, base = setup
     log = base / "ref.jsonl"
     summary = fit(cfg, shards, base / "ref_out", base / "storage", name="ref", callbacks=[ReportLog(log)])

@@ -6,19 +6,18 @@ bucket's checkpoint and trains epoch 2 only."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.infra.s3_server import SeaweedS3, running_s3
+from tests.infra.s3_server import SeaweedS3, make_bucket
 from tests.training.conftest import tiny_config
 from vireid.config import replace
 from vireid.ray_session import ray_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
-BUCKET = "vireid"
+BUCKET = "vireid-checkpoints"
 
 
 def test_s3_location_becomes_a_path_on_an_s3_filesystem_from_the_standard_variables() -> None:
@@ -34,16 +33,18 @@ def test_s3_location_becomes_a_path_on_an_s3_filesystem_from_the_standard_variab
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with running_s3(tmp_path_factory.mktemp("seaweed"), buckets=[BUCKET]) as server:
-        yield server
+def s3(s3_server: SeaweedS3) -> SeaweedS3:
+    """The session's S3 server (tests/conftest.py) with this module's bucket."""
+    make_bucket(s3_server, BUCKET)
+    return s3_server
 
 
 def _reports(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_training_resumes_from_the_checkpoint_in_the_bucket(s3: SeaweedS3, tiny_shards, tmp_path: Path) -> None:
+def test_training_resumes_from_the_checkpoint_in_the_bucket(s3: SeaweedS3, local_ray: None, tiny_shards,
+                                                             tmp_path: Path) -> None:
     import pyarrow.fs
 
     from vireid.training.ray_train import ReportLog, fit

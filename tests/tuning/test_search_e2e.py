@@ -39,7 +39,8 @@ class InterruptAfterFirstTrial(ray.tune.Callback):
 
 
 @pytest.mark.timeout(900)
-def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], tmp_path: Path) -> None:
+def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], local_ray: None,
+                                      tmp_path: Path) -> None:
     shards, cfg = tiny_search
     cfg = replace(cfg, tune={"num_samples": 2})  # each trial starts a Ray Train run: ~1 min here
     target = TrackingTarget(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
