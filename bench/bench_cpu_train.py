@@ -7,14 +7,18 @@ Each run reports the stage's own images/s (training steps only), the seconds per
 including validation and checkpoints, the stage's wall time, and the CPU seconds (user,
 system) of every process of the run (the stage, Ray's processes, the training worker).
 
-    git worktree add /tmp/old 5593448 && (cd /tmp/old && uv sync --frozen)
-    uv run python bench/bench_cpu_train.py --other /tmp/old --epochs 4 --rounds 2 \\
+    uv run python bench/bench_cpu_train.py --other 5593448 --epochs 4 --rounds 2 \\
         --json bench/results/cpu_train_stage.json
+
+``--other`` is a folder (a checkout with its own ``.venv``) or a git revision of this repository:
+then a temporary worktree of it is made, its locked environment installed (``uv sync --frozen``)
+and both removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -71,16 +75,42 @@ def run_stage(checkout: Path, shards: Path, epochs: int, work: Path) -> dict[str
             "cpu_system_s": sum(s for _, s in cpu.values())}
 
 
+def other_checkout(other: str, stack: contextlib.ExitStack) -> Path:
+    """``other`` as a checkout: a folder as given, or a temporary worktree (with its venv) of a git revision."""
+    if Path(other).is_dir():
+        return Path(other).resolve()
+    rev = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{other}^{{commit}}"], cwd=REPO,
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise SystemExit(f"error: --other {other!r} is neither a folder nor a git revision of {REPO}")
+    tree = Path(tempfile.mkdtemp(prefix="bench-cpu-train-other-")) / "checkout"
+    subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), rev.stdout.strip()], cwd=REPO,
+                   check=True)
+    stack.callback(lambda: (subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO),
+                            shutil.rmtree(tree.parent, ignore_errors=True)))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    print(f"installing {other}'s locked environment in {tree}", flush=True)
+    subprocess.run([shutil.which("uv") or "uv", "sync", "--frozen", "--quiet"], cwd=tree, env=env, check=True)
+    return tree
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--other", required=True, help="the other checkout (with its own .venv)")
+    ap.add_argument("--other", required=True,
+                    help="the other checkout (a folder with its own .venv) or a git revision of this repository")
     ap.add_argument("--shards", default=str(REPO / "data/shards"), help="prepared shards of the default")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    checkouts = {"this": REPO, "other": Path(args.other).resolve()}
-    info = {"load_before": os.getloadavg(), "epochs": args.epochs, "other": str(checkouts["other"]),
+    with contextlib.ExitStack() as stack:
+        compare(args, other_checkout(args.other, stack))
+
+
+def compare(args: argparse.Namespace, other: Path) -> None:
+    """Alternating rounds of the train stage in this checkout and ``other``; prints and writes the figures."""
+    checkouts = {"this": REPO, "other": other}
+    info = {"load_before": os.getloadavg(), "epochs": args.epochs, "other": args.other,
             "commits": {k: subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=v, capture_output=True,
                                           text=True).stdout.strip() for k, v in checkouts.items()}}
     print(json.dumps(info), flush=True)
@@ -105,8 +135,10 @@ def main() -> None:
                "epoch_seconds_ratio": mean["other"]["epoch_seconds"] / mean["this"]["epoch_seconds"],
                "stage_wall_ratio": mean["other"]["stage_wall_s"] / mean["this"]["stage_wall_s"]}
     print(json.dumps({"summary": summary}), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "runs": runs, "summary": summary}, indent=2))
+    if args.json:  # whole or not at all
+        tmp = Path(f"{args.json}.tmp")
+        tmp.write_text(json.dumps({"info": info, "runs": runs, "summary": summary}, indent=2))
+        tmp.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench/bench_ray_overhead.py", "--epochs", "8", "--order", "prrp",
         "--json", "bench/results/ray_overhead_prrp.json",
     ), env={"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}),
+    # docs "Training on the CPU" (issue #26): the train stage side by side with 5593448 (a temporary
+    # worktree with its own environment), 2 rounds of 4 epochs each, about 10 min on the idle machine.
+    Benchmark("cpu_train_stage", (
+        "bench/bench_cpu_train.py", "--other", "5593448", "--epochs", "4", "--rounds", "2",
+        "--json", "bench/results/cpu_train_stage.json",
+    )),
     # docs/method.md "Why the additions lose here": per-term gradients of the make-run model
     # (needs `make run`'s outputs/train/model.pt and data/shards), about a minute.
     Benchmark("loss_gradients", (

@@ -41,9 +41,16 @@ def test_ctrl_c_in_train_is_one_line_exit_130_and_keeps_the_outputs(tiny_shards,
                 "epochs": 4}
 
     monkeypatch.setattr(train_stage, "fit", fit_aborted_by_ray)
-    code = run_entry(train_entry.main, ["--params", str(params), "--shards", str(shards), "--out", str(out)])
+    # Python's own handler before the stage, as in a fresh process (an earlier test of this pytest
+    # process may have run Ray Train's fit directly, which leaves Ray's handler installed)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = run_entry(train_entry.main, ["--params", str(params), "--shards", str(shards), "--out", str(out)])
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
     err = [ln for ln in capsys.readouterr().err.splitlines() if " INFO " not in ln and " WARNING " not in ln]
     assert code == 130 and err == ["error: interrupted (rerun resumes from the checkpoint of epoch 3)"]
     assert {name: (out / name).read_bytes() for name in old} == old
     assert sorted(p.name for p in out.iterdir()) == sorted(old)  # no staging folder, no mlflow_run.json
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ray's handler is gone
+    assert after is signal.default_int_handler  # Ray's handler is gone

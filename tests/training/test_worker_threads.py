@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 
-from vireid.ray_session import WORKER_ENV, ray_session
+from vireid.ray_session import WORKER_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -47,13 +46,26 @@ def test_passive_waiting_computes_the_same_step_bit_for_bit() -> None:
     assert passive == spinning  # same losses and gradients, exactly: only the waiting differs
 
 
+# a stage's Ray (ray_session, local) started from a process without OMP_WAIT_POLICY: what its
+# worker sees, and whether the session ended its Ray (a fresh process: the suite's own Ray and
+# tests/conftest.py's environment would hide what ray_session itself does)
+WORKER = """
+import json, os, ray
+from vireid.ray_session import ray_session
+
+@ray.remote(num_cpus=1)
+def policy():
+    return os.environ.get("OMP_WAIT_POLICY")
+
+with ray_session("", num_cpus=1, object_store_mb=80):
+    seen = ray.get(policy.remote())
+print(json.dumps({"driver": os.environ.get("OMP_WAIT_POLICY"), "worker": seen, "ended": not ray.is_initialized()}))
+"""
+
+
 def test_workers_of_a_stage_ray_start_with_the_worker_environment() -> None:
     assert WORKER_ENV == {"OMP_WAIT_POLICY": "PASSIVE"}
-
-    @ray.remote(num_cpus=1)
-    def policy() -> str | None:
-        return os.environ.get("OMP_WAIT_POLICY")
-
-    with ray_session("", num_cpus=1, object_store_mb=80):
-        assert ray.get(policy.remote()) == "PASSIVE"
-    assert not ray.is_initialized()
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", WORKER], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"driver": None, "worker": "PASSIVE", "ended": True}
