@@ -10,7 +10,7 @@ import torch
 
 from tests.training.conftest import tiny_config
 from vireid.training.checkpoint import load_model, load_train_state, read_model_file
-from vireid.training.ray_train import ReportLog, fit
+from vireid.training.ray_train import ReportLog, fit, logged_epochs
 
 # xdist_group: under `make test` (pytest -n 2 --dist loadgroup) the modules that start Ray run
 # one after another on one worker: never two Ray instances at once, the other core runs the rest.
@@ -24,6 +24,20 @@ def setup(tiny_shards, tmp_path_factory):
     shards, cfg = tiny_shards
     cfg = tiny_config(Path(cfg.data.root), num_workers=2, epochs=2)
     return shards, cfg, tmp_path_factory.mktemp("ray")
+
+
+class SeenInMlflow(ReportLog):
+    """Writes, at each report, the epochs whose ``epoch/...`` metrics the MLflow run already
+    holds (the controller is another process: the record goes to a file)."""
+
+    def __init__(self, path: Path, tracking: dict) -> None:
+        super().__init__(path)
+        self.tracking = tracking
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        seen = sorted(logged_epochs(self.tracking["tracking_uri"], self.tracking["run_id"]))
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"epoch": metrics[0]["epoch"], "in_mlflow": seen}) + "\n")
 
 
 def _reports(path: Path) -> list[dict]:
@@ -94,24 +108,47 @@ def test_rerun_of_an_interrupted_run_resumes_and_a_finished_one_does_not_retrain
     shards, cfg, base = setup
     storage = base / "storage"
     from vireid.config import replace
+    from vireid.tracking import resolve_target, start_pipeline_run
+    from vireid.tracking.store import client
 
     no_retry = replace(cfg, train={"max_failures": 0})
-    log1, marker = base / "stop1.jsonl", base / "stop.marker"
+    # issue 24 item 7: rank 0 logs each epoch to MLflow as it ends, a rerun continues the curve
+    target = resolve_target(replace(cfg, track={"tracking_uri": f"sqlite:///{base / 'mlflow.db'}"}).track, base)
+    tracking = {"tracking_uri": target.tracking_uri,
+                "run_id": start_pipeline_run(target, config={}, git_commit="c", data_hash="", dataset="sysu",
+                                             protocol="")}
+    log1, marker, live = base / "stop1.jsonl", base / "stop.marker", base / "live.jsonl"
     with pytest.raises(Exception, match="(?i)fail|worker|died|exit"):
-        fit(no_retry, shards, base / "stop_out", storage, name="stop", callbacks=[ReportLog(log1)],
-            fault={"epoch": 2, "rank": 0, "marker": str(marker)})
+        fit(no_retry, shards, base / "stop_out", storage, name="stop", callbacks=[ReportLog(log1),
+            SeenInMlflow(live, tracking)], fault={"epoch": 2, "rank": 0, "marker": str(marker)},
+            tracking=tracking)
     assert [r["epoch"] for r in _reports(log1)] == [1]
     assert not (base / "stop_out/model.pt").exists()
     # rerun the same run: continues after epoch 1
     log2 = base / "stop2.jsonl"
-    summary = fit(no_retry, shards, base / "stop_out", storage, name="stop", callbacks=[ReportLog(log2)])
+    summary = fit(no_retry, shards, base / "stop_out", storage, name="stop", callbacks=[ReportLog(log2),
+                  SeenInMlflow(live, tracking)], tracking=tracking)
     assert [r["epoch"] for r in _reports(log2)] == [2]
+    # each epoch was in the store when its report reached the driver, before training ended
+    assert _reports(live) == [{"epoch": 1, "in_mlflow": [1]}, {"epoch": 2, "in_mlflow": [1, 2]}]
+    history = client(target.tracking_uri).get_metric_history(tracking["run_id"], "epoch/loss")
+    assert sorted(m.step for m in history) == [1, 2]  # one point per epoch: nothing logged twice
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+        pytest.approx([h["loss"] for h in summary["history"]])
+    val = client(target.tracking_uri).get_metric_history(tracking["run_id"], "epoch/val_mAP")
+    assert sorted(m.step for m in val) == [1, 2]
     assert _same_weights(_state(summary)["model"], _state(ref_summary)["model"])
     assert [h["attempt"] for h in summary["history"]] == [0, 1]
     # rerun a finished run: nothing is trained again, the same model is exported
     log3 = base / "stop3.jsonl"
-    again = fit(no_retry, shards, base / "again_out", storage, name="stop", callbacks=[ReportLog(log3)])
+    fresh = {**tracking, "run_id": start_pipeline_run(target, config={}, git_commit="c", data_hash="",
+                                                       dataset="sysu", protocol="")}
+    again = fit(no_retry, shards, base / "again_out", storage, name="stop", callbacks=[ReportLog(log3)],
+                tracking=fresh)
     assert _reports(log3) == []
+    # a new MLflow run for a finished training receives the restored epochs once
+    assert sorted(m.step for m in client(target.tracking_uri).get_metric_history(fresh["run_id"],
+                                                                                 "epoch/loss")) == [1, 2]
     assert again["history"] == summary["history"]
     assert _same_weights(read_model_file(base / "again_out/model.pt")["model"],
                          read_model_file(base / "stop_out/model.pt")["model"])

@@ -3,7 +3,9 @@
 Reads ``data``, ``model``, ``loss``, ``train`` and ``track`` (where the MLflow run goes).
 Writes ``outputs/train/model.pt`` (selected weights + metadata), ``train_summary.json``,
 ``history.csv`` and ``mlflow_run.json`` (the pipeline's MLflow run, which the later stages
-log into). Ray Train keeps its checkpoints under ``<train.storage>/train/<run name>`` (default
+log into). Rank 0 logs every epoch's means and validation to that run as the epoch ends
+(``epoch/...``, step = epoch); a rerun after a crash or Ctrl-C continues the same MLflow run
+(found by its ``vireid.train_run`` tag), so one training keeps one set of curves. Ray Train keeps its checkpoints under ``<train.storage>/train/<run name>`` (default
 ``ray_results/train``, outside the DVC outputs; an ``s3://`` URI on a cluster): rerunning the
 stage after an interruption continues from the last checkpoint; changed parameters or data
 give another run name and start afresh. ``train.ray_address`` says which Ray: empty, a new
@@ -46,12 +48,13 @@ from vireid.tracking import (
     end_run,
     git_commit,
     log_metrics,
+    mark_training_done,
+    open_training_run,
     resolve_target,
     run_record,
-    start_pipeline_run,
 )
 from vireid.tracking.store import check_server
-from vireid.training.ray_train import ReportLog, fit
+from vireid.training.ray_train import ReportLog, fit, run_name
 
 log = logging.getLogger("vireid.stages.train")
 
@@ -154,11 +157,13 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     if (warning := truncated_epoch_warning(cfg, shards.manifest)) is not None:
         log.warning("%s", warning)
     target = resolve_target(cfg.track, repo)
-    run_id = start_pipeline_run(
-        target, config=config_to_dict(cfg), git_commit=git_commit(repo),
+    name = run_name(cfg, Path(args.shards))
+    run_id, continued = open_training_run(
+        target, name, config=config_to_dict(cfg), git_commit=git_commit(repo),
         data_hash=str(shards.manifest.get("sha256_total", "")), dataset=cfg.data.dataset,
         protocol="", run_name="pipeline")
-    log.info("MLflow run %s in %s", run_id, target.tracking_uri)
+    log.info("MLflow run %s in %s%s", run_id, target.tracking_uri,
+             f" (continued: training {name} did not finish there)" if continued else "")
     try:
         storage, filesystem = ray_storage(storage_location(cfg.train.storage, repo, "train"), os.environ)
         shards_at = shard_source(args.shards, cfg.train.ray_address,
@@ -171,7 +176,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         try:
             with noting_sigint() as sigint:
                 try:
-                    summary = fit(cfg, Path(args.shards), staging, storage, storage_filesystem=filesystem,
+                    summary = fit(cfg, Path(args.shards), staging, storage, name=name,
+                                  storage_filesystem=filesystem,
                                   tracking={"tracking_uri": target.tracking_uri, "run_id": run_id},
                                   shards_at=shards_at, callbacks=[ReportLog(reports)])
                 except (Exception, KeyboardInterrupt, SystemExit) as e:
@@ -184,11 +190,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
                 os.replace(staging / name, out / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        for record in summary["history"]:  # per-epoch means and validation, step = epoch
-            log_metrics(target.tracking_uri, run_id,
-                        {f"epoch/{k}": float(v) for k, v in record.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"},
-                        step=int(record["epoch"]))
+        # the epochs' means and validation went to the run live, from rank 0 (ray_train)
         log_metrics(target.tracking_uri, run_id,
                     {f"selected/{k}": v for k, v in summary["val_metrics"].items()}
                     | {"selected/epoch": float(summary["selected_epoch"]),
@@ -197,6 +199,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     except BaseException:
         end_run(target.tracking_uri, run_id, "FAILED")
         raise
+    mark_training_done(target.tracking_uri, run_id)
     end_run(target.tracking_uri, run_id, "FINISHED")
     atomic_write_json(Path(args.out) / "mlflow_run.json", run_record(target, run_id, repo))
     print(f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s "

@@ -33,6 +33,8 @@ from vireid.tracking.tags import (
     TAG_DATASET,
     TAG_GIT_COMMIT,
     TAG_PROTOCOL,
+    TAG_TRAIN_DONE,
+    TAG_TRAIN_RUN,
 )
 
 RUN_RECORD_FORMAT = "vireid-mlflow-run/1"
@@ -155,6 +157,39 @@ def start_pipeline_run(
                        tags=_tags(git_commit, data_hash, dataset, protocol, tags))
     log_params(target.tracking_uri, run.info.run_id, flatten_params(config))
     return run.info.run_id
+
+
+def unfinished_training_run(target: TrackingTarget, train_run: str) -> str | None:
+    """The newest run of ``target``'s experiment that logs Ray Train run ``train_run``
+    (:data:`TAG_TRAIN_RUN`) and whose training never finished (no :data:`TAG_TRAIN_DONE`):
+    a train stage that crashed or was interrupted (its status FAILED, KILLED, or RUNNING
+    when the process was killed). None when there is none."""
+    exp_id = ensure_experiment(target.tracking_uri, target.experiment, target.artifact_location,
+                               require_artifact_location=target.local)
+    runs = client(target.tracking_uri).search_runs(
+        [exp_id], filter_string=f"tags.`{TAG_TRAIN_RUN}` = '{train_run}'", max_results=50,
+        order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if run.data.tags.get(TAG_TRAIN_DONE) != "true" and run.info.lifecycle_stage == "active":
+            return run.info.run_id
+    return None
+
+
+def open_training_run(target: TrackingTarget, train_run: str, **start: Any) -> tuple[str, bool]:
+    """The train stage's MLflow run: the unfinished run of ``train_run`` (a rerun after a
+    crash continues its curves), marked RUNNING again, else a new :func:`start_pipeline_run`
+    (``start``: its keyword arguments) tagged with ``train_run``. Returns ``(run_id, continued)``."""
+    run_id = unfinished_training_run(target, train_run)
+    if run_id is not None:
+        client(target.tracking_uri).update_run(run_id, status="RUNNING")
+        return run_id, True
+    tags = {**(start.pop("tags", None) or {}), TAG_TRAIN_RUN: train_run}
+    return start_pipeline_run(target, tags=tags, **start), False
+
+
+def mark_training_done(tracking_uri: str, run_id: str) -> None:
+    """Tag the run's training as finished: a later rerun of the stage opens a new run."""
+    set_tags(tracking_uri, run_id, {TAG_TRAIN_DONE: "true"})
 
 
 def run_record(target: TrackingTarget, run_id: str, repo_root: str | os.PathLike[str] | None = None

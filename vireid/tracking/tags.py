@@ -16,6 +16,11 @@ TAG_GIT_COMMIT = "git_commit"
 TAG_DATA_HASH = "data_hash"  # the shards' sha256_total
 TAG_DATASET = "dataset"
 TAG_PROTOCOL = "protocol"  # vireid.tracking.registry.protocol_key
+#: The Ray Train run (``train-<fingerprint>``) whose training this run logs; a rerun of the
+#: train stage after a crash finds the run by it and continues it.
+TAG_TRAIN_RUN = "vireid.train_run"
+#: ``true`` once the train stage finished its training (a later rerun starts a new run).
+TAG_TRAIN_DONE = "vireid.train_done"
 #: Prefix of the evaluate stage's provenance tags: ``eval.<provenance key>``.
 TAG_EVAL_PREFIX = "eval."
 #: The register stage's outcome on the run.

@@ -246,12 +246,13 @@ class Trainer:
         self.epoch = e + 1
         record: dict[str, Any] = {"epoch": self.epoch, "attempt": self.attempt,
                                   **{f"lr_{k}": v for k, v in lrs.items()}, **stats}
-        if self.is_validation_epoch(self.epoch) and self.rank == 0:
+        if self.is_validation_epoch(self.epoch):  # every rank extracts its share; rank 0 scores
             t0 = time.perf_counter()
             metrics = validate(self.model, self.val_table, self.cfg, self.device)
-            record.update(metrics, val_seconds=time.perf_counter() - t0)
-            if self.best is None or metrics["val_mAP"] > self.best.metrics["val_mAP"]:
-                self.best = Best(self.epoch, metrics, cpu_state_dict(self.model))
+            if self.rank == 0:
+                record.update(metrics, val_seconds=time.perf_counter() - t0)
+                if self.best is None or metrics["val_mAP"] > self.best.metrics["val_mAP"]:
+                    self.best = Best(self.epoch, metrics, cpu_state_dict(self.model))
         log.info("epoch %d/%d done: %s", self.epoch, self.cfg.train.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
         self.history.append(record)

@@ -86,6 +86,30 @@ def reported_metrics(record: Mapping[str, Any]) -> dict[str, float | int]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_REPORTED}
 
 
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """An epoch record's numbers as MLflow metrics ``epoch/<name>`` (logged at step = epoch)."""
+    return {f"epoch/{k}": float(v) for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
+
+
+def log_epochs(logger: Any, records: Sequence[Mapping[str, Any]], logged: set[int]) -> None:
+    """Log the records whose epoch is not in ``logged`` (epochs the run already holds) and
+    flush: the epoch curve reaches MLflow as each epoch ends."""
+    for record in records:
+        epoch = int(record["epoch"])
+        if epoch not in logged:
+            logger.log(epoch_metrics(record), step=epoch)
+            logged.add(epoch)
+    logger.flush()
+
+
+def logged_epochs(tracking_uri: str, run_id: str) -> set[int]:
+    """The epochs whose ``epoch/seconds`` the run holds (from an earlier attempt or stage run)."""
+    from vireid.tracking.store import client
+
+    return {int(m.step) for m in client(tracking_uri).get_metric_history(run_id, "epoch/seconds")}
+
+
 def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     """Ray Train worker function: restore, train the remaining epochs, report, checkpoint.
 
@@ -112,10 +136,15 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
         log.info("rank %d: resumed after epoch %d (attempt %d)", rank, trainer.epoch, trainer.attempt)
     tracking = loop_config.get("tracking")
     steps = None
+    logged: set[int] = set()
     if tracking and rank == 0:
         from vireid.tracking import MetricLogger
 
         steps = MetricLogger(tracking["tracking_uri"], str(tracking["run_id"]))
+        # a resumed training: the epochs restored from the checkpoint that this MLflow run lacks
+        # (a new run after a finished training, or epochs logged by no attempt)
+        logged = logged_epochs(tracking["tracking_uri"], str(tracking["run_id"]))
+        log_epochs(steps, trainer.history, logged)
     steps_per_epoch = len(trainer.loader)
     fault = loop_config.get("fault")
     while trainer.epoch < cfg.train.epochs:
@@ -129,8 +158,8 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
                               (epoch - 1) * steps_per_epoch + i)
 
         record = trainer.run_epoch(on_step=hook, on_log=on_log)
-        if steps is not None:
-            steps.flush()
+        if steps is not None:  # before the report: the driver sees the epoch in MLflow when it arrives
+            log_epochs(steps, [record], logged)
         metrics = reported_metrics(record)
         if trainer.is_checkpoint_epoch(epoch):
             with tempfile.TemporaryDirectory(prefix="vireid-ckpt-") as tmp:
