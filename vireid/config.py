@@ -186,6 +186,7 @@ class TrainConfig:
     instances_per_modality: int = 4  # K visible + K infrared per identity
     lr: float = 0.1  # learning rate of new layers (classifiers, BNNeck)
     backbone_lr: float = 0.01  # learning rate of the pretrained backbone
+    lr_scaling: Literal["none", "linear"] = "none"  # none: lr and backbone_lr as given | linear: both x the data-parallel world size (train.num_workers), warm-up ramps to the scaled lr
     momentum: float = 0.9  # SGD nesterov momentum
     weight_decay: float = 5e-4  # SGD weight decay
     warmup_epochs: int = 10  # linear warm-up
@@ -195,9 +196,9 @@ class TrainConfig:
     cpus_per_worker: int = 1  # CPUs reserved per Ray Train worker
     loader_workers: int = 0  # DataLoader worker processes per training worker
     augment_on_device: bool = False  # AGW augmentation as one batched op on the training device (loader workers only decode)
-    precision: str = "auto"  # fp32 | bf16 (autocast; losses and distances stay float32) | auto: bf16 with use_gpu, else fp32
+    precision: str = "auto"  # fp32 | bf16 (autocast; losses and distances stay float32) | auto: bf16 on a GPU with native bf16 (compute capability 8.0+; else fp32 and a warning), fp32 on CPU; explicit bf16 on an older GPU is an error
     memory_format: str = "auto"  # contiguous | channels_last | auto: channels_last with use_gpu, else contiguous
-    compile: str = "auto"  # none | regions (torch.compile of the stems, trunk and pooling) | auto: regions with use_gpu, else none
+    compile: str = "auto"  # none | regions (torch.compile of the stems, trunk and pooling) | auto: regions on a GPU with a C compiler (without one: none and a warning), none on CPU; regions without a C compiler is an error
     log_every: int = 10  # steps between reading the losses back from the device (logs, MLflow step metrics, NaN check)
     checkpoint_every: int = 1  # epochs between checkpoints
     validate_every: int = 1  # epochs between held-out validations
@@ -212,6 +213,8 @@ class TrainConfig:
         _check(self.instances_per_modality >= 1, "train.instances_per_modality", "must be >= 1")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.backbone_lr > 0, "train.backbone_lr", "must be > 0")
+        _check(self.lr_scaling in ("none", "linear"), "train.lr_scaling",
+               f"must be one of ['none', 'linear'], got {self.lr_scaling!r}")
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")

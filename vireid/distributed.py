@@ -25,21 +25,21 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def all_gather_rows(x: Tensor) -> Tensor:
-    """Concatenate ``x [N_r,...]`` of every rank in rank order (N_r may differ per rank)."""
+def all_gather_rows(x: Tensor, rows: int) -> Tensor:
+    """Concatenate ``x [rows,...]`` of every rank in rank order -> ``[world*rows,...]``.
+
+    Contract: every rank passes the same ``rows`` (the per-rank batch is fixed at
+    ``2*P*K``), so one collective moves the rows and no sizes are exchanged (no host sync).
+    ``x.shape[0]`` is checked against ``rows`` on the host (shapes are host metadata).
+    """
+    if x.shape[0] != rows:
+        raise ValueError(f"all_gather_rows: every rank must pass {rows} rows, got {x.shape[0]}")
     if not is_distributed():
         return x
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
-    top = max(counts)
-    padded = x.new_zeros((top, *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)  # the one collective; equal sizes on every rank
+    return torch.cat(parts)
 
 
 def all_reduce_mean(x: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import ray
 
+from vireid.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Environment of every Ray worker process a stage starts (Ray's job ``runtime_env``).
@@ -72,6 +74,19 @@ def ray_storage(location: str, environ: Mapping[str, str]) -> tuple[str, Any]:
     if region:
         kwargs["region"] = region
     return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def local_gpus(use_gpu: bool, num_workers: int, found: int) -> int:
+    """GPUs a new local Ray instance offers: none without ``train.use_gpu``, else the
+    ``found`` GPUs of this machine (the caller counts them); fewer than ``train.num_workers``
+    (one GPU per worker) is a ConfigError."""
+    if not use_gpu:
+        return 0
+    if found < num_workers:
+        raise ConfigError(f"train.use_gpu: true with train.num_workers: {num_workers} needs {num_workers} "
+                          f"GPUs (one per worker), this machine has {found}; lower train.num_workers, "
+                          "set train.use_gpu: false, or join a cluster with train.ray_address")
+    return found
 
 
 class RayStartError(RuntimeError):

@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from vireid.config import TrainConfig
-from vireid.training.schedule import build_optimizer, build_scheduler, lr_factor, param_groups
+from vireid.config import ConfigError, TrainConfig
+from vireid.training.schedule import (
+    batch_plan,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    param_groups,
+    scaled_lrs,
+)
 
 
 class _Net(nn.Module):
@@ -104,3 +111,47 @@ def test_scheduler_state_round_trip_continues_the_schedule() -> None:
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(cfg.backbone_lr * lr_factor(4, 3, (4,)))
+
+
+@pytest.mark.parametrize(("scaling", "world", "expected"), [
+    ("none", 1, (0.1, 0.01)), ("none", 4, (0.1, 0.01)),
+    ("linear", 1, (0.1, 0.01)), ("linear", 4, (0.4, 0.04))])
+def test_lr_scaling_multiplies_both_rates_by_the_world_size(scaling: str, world: int,
+                                                            expected: tuple[float, float]) -> None:
+    cfg = TrainConfig(lr=0.1, backbone_lr=0.01, lr_scaling=scaling)
+    assert scaled_lrs(cfg, world) == pytest.approx(expected)
+    opt = build_optimizer(_Net(), cfg, world)
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(
+        {"new": expected[0], "backbone": expected[1]})
+
+
+def test_linear_scaling_keeps_the_warmup_toward_the_scaled_rate() -> None:
+    cfg = TrainConfig(lr=0.1, backbone_lr=0.01, lr_scaling="linear", warmup_epochs=4, milestones=(5,), epochs=6)
+    opt = build_optimizer(_Net(), cfg, 4)
+    sched = build_scheduler(opt, cfg)
+    seen = []
+    for _ in range(cfg.epochs):
+        seen.append({g["name"]: g["lr"] for g in opt.param_groups}["new"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.04])  # 0.4 * (e+1)/4, then x0.1 at 5
+
+
+def test_lr_scaling_is_checked() -> None:
+    from vireid.config import Config, config_from_dict, config_to_dict
+
+    plain = config_to_dict(Config())
+    plain["train"]["lr_scaling"] = "sqrt"
+    with pytest.raises(ConfigError, match=r"train\.lr_scaling: must be one of \['none', 'linear'\]"):
+        config_from_dict(plain)
+    assert TrainConfig().lr_scaling == "none"
+
+
+def test_batch_plan_line() -> None:
+    cfg = TrainConfig(identities_per_batch=8, instances_per_modality=4, lr=0.1, backbone_lr=0.01,
+                      lr_scaling="linear")
+    line = batch_plan(cfg, 4, 172)
+    assert line == ("data parallel: world size 4, per-worker batch 64 (P=8 x K=4 x 2 modalities), "
+                    "global batch 256, 172 steps per epoch, lr 0.4 / backbone_lr 0.04 "
+                    "(train.lr_scaling: linear)")
+    assert "global batch 64," in batch_plan(TrainConfig(), 1, 10) and "lr 0.1 " in batch_plan(TrainConfig(), 1, 10)

@@ -4,6 +4,7 @@ data parallelism through DistributedDataParallel, on the CPU."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -25,14 +26,73 @@ def _with(cfg: Config, **train: object) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
+CAPABLE = {"has_c_compiler": True, "bf16_native": True}  # a machine that can run every switch
+
+
 def test_auto_is_fast_on_gpu_plain_on_cpu() -> None:
     cfg = Config().train
-    cpu, gpu = resolve_runtime(cfg, torch.device("cpu")), resolve_runtime(cfg, torch.device("cuda"))
+    cpu = resolve_runtime(cfg, torch.device("cpu"), **CAPABLE)
+    gpu = resolve_runtime(cfg, torch.device("cuda"), **CAPABLE)  # only .type is read: no GPU needed
     assert (cpu.autocast_dtype, cpu.channels_last, cpu.compile_regions) == (None, False, False)
     assert (gpu.autocast_dtype, gpu.channels_last, gpu.compile_regions) == (torch.bfloat16, True, True)
+    assert cpu.notes == gpu.notes == ()
     forced = resolve_runtime(dataclasses.replace(cfg, precision="bf16", memory_format="channels_last",
-                                                 compile="none"), torch.device("cpu"))
+                                                 compile="none"), torch.device("cpu"), **CAPABLE)
     assert (forced.precision, forced.channels_last, forced.compile_regions) == ("bf16", True, False)
+
+
+def test_cudnn_benchmark_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = Config().train
+    gpu = resolve_runtime(cfg, torch.device("cuda"), **CAPABLE)
+    cpu = resolve_runtime(cfg, torch.device("cpu"), **CAPABLE)
+    assert gpu.cudnn_benchmark is True and cpu.cudnn_benchmark is False
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    cpu.apply()
+    assert torch.backends.cudnn.benchmark is False
+    gpu.apply()
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_auto_without_compiler_or_native_bf16_falls_back_with_one_note_each() -> None:
+    cfg = Config().train  # precision, compile: auto
+    gpu = resolve_runtime(cfg, torch.device("cuda"), has_c_compiler=False, bf16_native=False)
+    assert (gpu.precision, gpu.compile_regions, gpu.channels_last) == ("fp32", False, True)
+    assert len(gpu.notes) == 2
+    assert "train.precision: auto runs fp32" in gpu.notes[0] and "bf16" in gpu.notes[0]
+    assert "train.compile: auto runs eager" in gpu.notes[1] and "C compiler" in gpu.notes[1]
+    assert all("\n" not in n for n in gpu.notes)
+    only_cc = resolve_runtime(cfg, torch.device("cuda"), has_c_compiler=False, bf16_native=True)
+    assert (only_cc.precision, only_cc.compile_regions, len(only_cc.notes)) == ("bf16", False, 1)
+    # on the CPU auto is already eager fp32, and bf16 is not a question of the GPU
+    cpu = resolve_runtime(cfg, torch.device("cpu"), has_c_compiler=False, bf16_native=False)
+    assert (cpu.precision, cpu.compile_regions, cpu.notes) == ("fp32", False, ())
+    cpu_bf16 = resolve_runtime(dataclasses.replace(cfg, precision="bf16"), torch.device("cpu"),
+                               has_c_compiler=True, bf16_native=False)
+    assert cpu_bf16.precision == "bf16"
+
+
+@pytest.mark.parametrize(("switch", "capability", "key"), [
+    ({"compile": "regions"}, {"has_c_compiler": False, "bf16_native": True}, "train.compile"),
+    ({"precision": "bf16"}, {"has_c_compiler": True, "bf16_native": False}, "train.precision")])
+def test_explicit_switch_the_machine_cannot_run_is_one_line_naming_the_key(
+        switch: dict[str, str], capability: dict[str, bool], key: str) -> None:
+    from vireid.errors import error_line
+
+    cfg = dataclasses.replace(Config().train, **switch)
+    with pytest.raises(ConfigError, match=f"^{key}: ") as info:
+        resolve_runtime(cfg, torch.device("cuda"), **capability)
+    line = error_line(info.value)
+    assert line is not None and line.startswith(f"error: {key}: ") and "\n" not in line
+
+
+def test_c_compiler_probe_prefers_cc_from_the_environment() -> None:
+    from vireid.training.loop import c_compiler_found
+
+    on_path = {"gcc": "/usr/bin/gcc", "mycc": "/opt/mycc"}
+    assert c_compiler_found({}, on_path.get) is True  # gcc
+    assert c_compiler_found({}, {}.get) is False  # nothing installed
+    assert c_compiler_found({"CC": "mycc"}, on_path.get) is True
+    assert c_compiler_found({"CC": "missing-cc"}, on_path.get) is False  # Triton would use $CC as given
 
 
 @pytest.mark.parametrize(("key", "value"), [("precision", "fp16"), ("memory_format", "nhwc"),
@@ -40,6 +100,22 @@ def test_auto_is_fast_on_gpu_plain_on_cpu() -> None:
 def test_bad_switch_names_its_key(tiny_shards: tuple[Path, Config], key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"train.{key}"):
         _with(tiny_shards[1], **{key: value})
+
+
+def test_trainer_logs_the_batch_plan_once_and_scales_the_lr(tiny_shards: tuple[Path, Config],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    shards, base = tiny_shards  # P=2, K=2, lr 0.05, backbone_lr 0.01, 3 batches per epoch
+    cfg = _with(base, lr_scaling="linear")
+    with caplog.at_level(logging.INFO, logger="vireid.training.loop"):
+        rank0 = Trainer(cfg, shards, rank=0, world_size=2)
+        rank1 = Trainer(cfg, shards, rank=1, world_size=2)
+    lines = [r.getMessage() for r in caplog.records if "global batch" in r.getMessage()]
+    assert lines == ["data parallel: world size 2, per-worker batch 8 (P=2 x K=2 x 2 modalities), "
+                     "global batch 16, 3 steps per epoch, lr 0.1 / backbone_lr 0.02 (train.lr_scaling: linear)"]
+    for trainer in (rank0, rank1):
+        lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+        assert lrs == pytest.approx({"head": 0.1, "backbone": 0.02})
+    assert rank0.task.rows_per_rank == 8  # the fixed per-rank batch every rank writes to the memory
 
 
 def test_losses_are_read_back_once_per_window(tiny_shards: tuple[Path, Config]) -> None:

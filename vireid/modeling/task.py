@@ -71,11 +71,14 @@ class ReIDTask(nn.Module):
     from ``loss.distill_start``) switches ``kd`` and ``infer`` on.
     """
 
-    def __init__(self, model: VIReIDModel, loss_cfg: LossConfig) -> None:
+    def __init__(self, model: VIReIDModel, loss_cfg: LossConfig, rows_per_rank: int | None = None) -> None:
         super().__init__()
         if loss_cfg.distill and model.dual_classifiers is None and model.memory is None:
             raise ValueError("loss.distill: needs a teacher: turn on model.fusion or model.memory")
         self.model, self.cfg = model, loss_cfg
+        # the fixed per-rank batch (2*P*K) every rank writes to the memory when distributed;
+        # None: the step's own batch size (the caller keeps it equal across ranks)
+        self.rows_per_rank = rows_per_rank
         self.late_terms = True  # kd and infer computed (the Trainer turns them on at loss.distill_start)
 
     def forward(self, images: Tensor, labels: Tensor, modalities: Tensor) -> tuple[dict[str, Tensor], TaskState]:
@@ -151,8 +154,9 @@ class ReIDTask(nn.Module):
             if state.modalities is None:
                 raise ValueError("memory_views 'other': the step's modalities are needed to write the memory")
             labels = 2 * labels + state.modalities[order]
-        if is_distributed():
-            features, labels = all_gather_rows(features.float()), all_gather_rows(labels)
+        if is_distributed():  # every rank writes the same number of rows: one collective each, no sizes exchanged
+            rows = labels.shape[0] if self.rows_per_rank is None else self.rows_per_rank
+            features, labels = all_gather_rows(features.float(), rows), all_gather_rows(labels, rows)
         memory.write(features, labels)
 
 

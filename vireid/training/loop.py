@@ -19,9 +19,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ from vireid.training.epoch import (
     train_one_epoch,
 )
 from vireid.training.runtime import resolve_runtime
-from vireid.training.schedule import build_optimizer, build_scheduler
+from vireid.training.schedule import batch_plan, build_optimizer, build_scheduler
 from vireid.training.validation import VAL_PROTOCOL, validate
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,23 @@ def late_terms_epoch(cfg: Config) -> int:
     return math.ceil(cfg.loss.distill_start * cfg.train.epochs - 1e-9)
 
 
+def c_compiler_found(environ: Mapping[str, str], which: Callable[[str], str | None] = shutil.which) -> bool:
+    """Whether a C compiler runs here: ``$CC`` when set (Triton uses it as given), else cc,
+    gcc or clang on the PATH."""
+    cc = environ.get("CC", "").strip()
+    names = [cc] if cc else ["cc", "gcc", "clang"]
+    return any(which(n) is not None for n in names)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA device of compute capability 8.0+
+    (True elsewhere: not asked of other devices)."""
+    if device.type != "cuda":
+        return True
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
     """The network, initialised from ``cfg.train.seed`` (identical on every rank)."""
     seed_everything(int(cfg.train.seed))
@@ -163,12 +182,18 @@ class Trainer:
         self.val_table: ShardTable | None = None
         if "val" in self.shards.split_names and len(self.shards.table("val")) > 0:
             self.val_table = self.shards.table("val")
-        self.runtime = resolve_runtime(cfg.train, self.device)
+        self.runtime = resolve_runtime(cfg.train, self.device, has_c_compiler=c_compiler_found(os.environ),
+                                       bf16_native=bf16_native(self.device))
+        self.runtime.apply()
+        if rank == 0:
+            for note in self.runtime.notes:
+                log.warning("%s", note)
         self.model = build_model(cfg, self.num_classes).to(self.device)
         if self.runtime.channels_last or self.runtime.compile_regions:
             compile_for_speed(self.model, channels_last=self.runtime.channels_last,
                               compile_regions=self.runtime.compile_regions)
-        self.task = ReIDTask(self.model, cfg.loss)
+        self.task = ReIDTask(self.model, cfg.loss,
+                             rows_per_rank=2 * cfg.train.identities_per_batch * cfg.train.instances_per_modality)
         # data-parallel: DDP averages the gradients during backward; buffers are not
         # broadcast (the memory is written with every rank's features, BatchNorm statistics
         # are averaged after each epoch)
@@ -177,9 +202,11 @@ class Trainer:
             self.forward = DistributedDataParallel(
                 self.task, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False)
-        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.optimizer = build_optimizer(self.model, cfg.train, world_size)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.loader, self.sampler = build_train_loader(self.train_table, cfg, rank, world_size)
+        if rank == 0:
+            log.info("%s", batch_plan(cfg.train, world_size, len(self.loader)))
         self.augment = device_augment(cfg)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []

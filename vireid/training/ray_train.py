@@ -36,7 +36,7 @@ from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import ShardSource, local_shards
 from vireid.io import atomic_write_json, atomic_write_text
-from vireid.ray_session import alive_nodes, ray_session, storage_location
+from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
 from vireid.tracking.store import check_reachable_from_nodes
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
 from vireid.training.loop import Trainer, check_shards, run_fingerprint, training_summary
@@ -267,12 +267,15 @@ def fit(
     ``shards_at``: where the workers read ``shards_dir``'s set (default: the folder itself; on
     a cluster, :func:`vireid.data.staging.shard_source`).
     """
+    t = cfg.train
+    # a new local instance offers this machine's GPUs (refused when fewer than the workers)
+    gpus = 0 if t.ray_address else local_gpus(t.use_gpu, t.num_workers,
+                                              torch.cuda.device_count() if t.use_gpu else 0)
     shards_dir, out_dir = Path(shards_dir).resolve(), Path(out_dir)
     check_shards(cfg, ShardSet(shards_dir))  # here, not only in the workers: Ray would retry them
     name = name or run_name(cfg, shards_dir)
-    t = cfg.train
     with ray_session(t.ray_address, num_cpus=t.num_workers * t.cpus_per_worker,
-                     num_gpus=t.num_workers if t.use_gpu else 0, object_store_mb=object_store_mb):
+                     num_gpus=gpus, object_store_mb=object_store_mb):
         if tracking:
             check_reachable_from_nodes(str(tracking["tracking_uri"]), alive_nodes())
         t0 = time.perf_counter()

@@ -5,6 +5,12 @@ at ``train.backbone_lr``; every new layer -- classifiers, BNNeck, fusion -- at `
 and a per-epoch multiplier: linear warm-up over ``warmup_epochs``, then x0.1 at each
 milestone. The scheduler is a :class:`torch.optim.lr_scheduler.LambdaLR` stepped once per
 epoch, so after ``e`` steps the learning rate is ``base_lr * lr_factor(e, ...)``.
+
+Data parallelism: ``world_size`` workers each take a batch of ``2*P*K`` images per step, so
+one optimiser step sees ``world_size * 2*P*K`` images (the global batch). With
+``train.lr_scaling: linear`` the base rates are multiplied by ``world_size``
+(:func:`scaled_lrs`; the warm-up then ramps toward the scaled rates); with ``none`` they are
+used as given.
 """
 
 from __future__ import annotations
@@ -69,16 +75,38 @@ def param_groups(model: nn.Module, lr: float, backbone_lr: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD, nesterov momentum ``cfg.momentum``, weight decay, backbone/new-layer groups.
+def scaled_lrs(cfg: TrainConfig, world_size: int) -> tuple[float, float]:
+    """``(lr, backbone_lr)`` after ``train.lr_scaling`` for ``world_size`` data-parallel
+    workers: as given under ``none``, both times ``world_size`` under ``linear``."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    factor = world_size if cfg.lr_scaling == "linear" else 1
+    return cfg.lr * factor, cfg.backbone_lr * factor
+
+
+def batch_plan(cfg: TrainConfig, world_size: int, steps_per_epoch: int) -> str:
+    """One log line: workers, per-worker and global batch, steps per epoch, effective lr."""
+    p, k = cfg.identities_per_batch, cfg.instances_per_modality
+    per_worker = 2 * p * k  # P identities x K images x 2 modalities
+    lr, backbone_lr = scaled_lrs(cfg, world_size)
+    return (f"data parallel: world size {world_size}, per-worker batch {per_worker} "
+            f"(P={p} x K={k} x 2 modalities), global batch {world_size * per_worker}, "
+            f"{steps_per_epoch} steps per epoch, lr {lr:g} / backbone_lr {backbone_lr:g} "
+            f"(train.lr_scaling: {cfg.lr_scaling})")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
+    """SGD, nesterov momentum ``cfg.momentum``, weight decay, backbone/new-layer groups at
+    :func:`scaled_lrs` for ``world_size`` workers.
 
     The update runs as one fused kernel when the parameters are on CUDA, as torch's
     multi-tensor (foreach) implementation elsewhere; the arithmetic is the same.
     """
     cuda = any(p.is_cuda for p in model.parameters())
+    lr, backbone_lr = scaled_lrs(cfg, world_size)
     return torch.optim.SGD(
-        param_groups(model, cfg.lr, cfg.backbone_lr),
-        lr=cfg.lr,
+        param_groups(model, lr, backbone_lr),
+        lr=lr,
         momentum=cfg.momentum,
         nesterov=cfg.momentum > 0,
         weight_decay=cfg.weight_decay,

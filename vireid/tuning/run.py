@@ -40,7 +40,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import ShardSource
-from vireid.ray_session import alive_nodes, ray_session, storage_location
+from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
 from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
@@ -88,6 +88,13 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSour
         raise result.error
 
 
+def _cuda_devices() -> int:
+    """CUDA devices of this machine (torch imported here: only a GPU search needs it)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 class SearchIncomplete(RuntimeError):
     """The search stopped before all trials finished (interrupted); rerun to resume it."""
 
@@ -118,6 +125,10 @@ def run_search(
     ``shards_at``: where the trials' workers read ``shards_dir``'s set (default: the folder
     itself; on a cluster, :func:`vireid.data.staging.shard_source`).
     """
+    t = cfg.train
+    # a new local instance offers this machine's GPUs (refused when fewer than one trial's
+    # workers; with fewer than max_concurrent trials' worth, trials wait for each other)
+    gpus = 0 if t.ray_address else local_gpus(t.use_gpu, t.num_workers, _cuda_devices() if t.use_gpu else 0)
     shards_dir = Path(shards_dir).resolve()
     storage = (str(storage_path) if storage_filesystem is not None
                else storage_location(str(storage_path), Path.cwd()))
@@ -125,7 +136,6 @@ def run_search(
     manifest = ShardSet(shards_dir).manifest
     name = name or experiment_name(cfg, manifest)
     exp_path = f"{storage}/{name}"
-    gpus = cfg.train.num_workers * cfg.tune.max_concurrent if cfg.train.use_gpu else 0
     with ray_session(cfg.train.ray_address, num_cpus=math.ceil(cpus_needed(cfg, driver_cpus)),
                      num_gpus=gpus, object_store_mb=object_store_mb):
         if tracking is not None:
