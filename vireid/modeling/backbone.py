@@ -128,6 +128,22 @@ def load_pretrained_state(arch: str, weights_path: str = "", model_dir: str | No
     return state
 
 
+def torchvision_file(arch: str, model_dir: str | None = None) -> Path:
+    """Where torchvision keeps its ImageNet file of ``arch``: ``model_dir`` (None: torch hub's
+    ``<TORCH_HOME>/hub/checkpoints``) / the release's file name."""
+    folder = Path(model_dir) if model_dir else Path(torch.hub.get_dir()) / "checkpoints"
+    return folder / _WEIGHTS[arch].url.rsplit("/", 1)[-1]
+
+
+def pretrained_file(arch: str, weights_path: str = "", model_dir: str | None = None) -> Path:
+    """The local file ``arch``'s ImageNet weights load from, checked as :func:`load_pretrained_state`
+    checks it: ``weights_path``, else torchvision's cached file (downloaded first when it is
+    not cached and the network allows). This is what the driver stages for its Ray workers.
+    """
+    load_pretrained_state(arch, weights_path, model_dir)
+    return Path(weights_path) if weights_path else torchvision_file(arch, model_dir)
+
+
 class NonLocalBlock(nn.Module):
     """Non-local attention (Wang et al. 2018), embedded Gaussian, as AGW places it.
 

@@ -11,6 +11,11 @@ stage after an interruption continues from the last checkpoint; changed paramete
 give another run name and start afresh. ``train.ray_address`` says which Ray: empty, a new
 local instance; else the cluster to join, whose workers then read the shards staged under
 ``<train.storage>/shards/`` (:mod:`vireid.data.staging`), not the head's ``data/shards``.
+With ``model.pretrained`` the ImageNet weights file (``model.weights_path``, else torchvision's
+cached file, downloaded here once when missing) is checked here, before Ray and the MLflow run
+start; on a cluster it is staged under ``<train.storage>/weights/<sha256>/`` the same way and
+each worker loads its node's copy, verified against that sha256 (on a local Ray the file
+itself, verified likewise).
 On a cluster of several nodes the MLflow store must be a server every node reaches
 (``track.tracking_uri: http://...``). Ctrl-C (which Ray Train turns into an abort of the run)
 leaves the outputs as they were and ends with ``error: interrupted (rerun resumes from the
@@ -33,9 +38,9 @@ from typing import Any
 
 from vireid.config import Config, config_to_dict
 from vireid.data.shards import ShardSet
-from vireid.data.staging import shard_source
+from vireid.data.staging import file_source, shard_source
 from vireid.io import atomic_write_json
-from vireid.modeling.backbone import load_pretrained_state
+from vireid.modeling.backbone import pretrained_file
 from vireid.ray_session import ray_storage, storage_location
 from vireid.stages.entry import (
     clean_stale_temporaries,
@@ -146,8 +151,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     setup_logging()
     cfg = load_config(args.params)
     check_server(cfg.track.tracking_uri)  # a server that is down: one line now, not minutes of retries
-    if cfg.model.pretrained and cfg.model.weights_path:  # fail before Ray and the MLflow run start
-        load_pretrained_state(cfg.model.arch, cfg.model.weights_path)
+    # fail before Ray and the MLflow run start; the workers load the file staged below
+    weights = pretrained_file(cfg.model.arch, cfg.model.weights_path) if cfg.model.pretrained else None
     repo = Path.cwd()
     out = Path(args.out)
     clean_stale_temporaries(*(out / name for name in ("model.pt", "train_summary.json", "history.csv",
@@ -168,6 +173,9 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         storage, filesystem = ray_storage(storage_location(cfg.train.storage, repo, "train"), os.environ)
         shards_at = shard_source(args.shards, cfg.train.ray_address,
                                  *ray_storage(storage_location(cfg.train.storage, repo, "shards"), os.environ))
+        weights_at = None if weights is None else file_source(
+            weights, cfg.train.ray_address,
+            *ray_storage(storage_location(cfg.train.storage, repo, "weights"), os.environ))
         out.mkdir(parents=True, exist_ok=True)
         # fit writes into a staging folder (".model.pt.*.tmp": cleaned up as a leftover of
         # model.pt) whose files replace the outputs only when the run was not interrupted
@@ -179,15 +187,15 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
                     summary = fit(cfg, Path(args.shards), staging, storage, name=name,
                                   storage_filesystem=filesystem,
                                   tracking={"tracking_uri": target.tracking_uri, "run_id": run_id},
-                                  shards_at=shards_at, callbacks=[ReportLog(reports)])
+                                  shards_at=shards_at, weights_at=weights_at, callbacks=[ReportLog(reports)])
                 except (Exception, KeyboardInterrupt, SystemExit) as e:
                     if sigint or isinstance(e, KeyboardInterrupt):
                         raise KeyboardInterrupt(resume_hint(reports)) from e
                     raise
             if sigint:  # Ray Train's own SIGINT handler aborted the run and fit returned
                 raise KeyboardInterrupt(resume_hint(reports))
-            for name in ("model.pt", "train_summary.json", "history.csv"):
-                os.replace(staging / name, out / name)
+            for output in ("model.pt", "train_summary.json", "history.csv"):
+                os.replace(staging / output, out / output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         # the epochs' means and validation went to the run live, from rank 0 (ray_train)

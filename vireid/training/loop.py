@@ -141,10 +141,15 @@ def bf16_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def build_model(cfg: Config, num_classes: int) -> VIReIDModel:
-    """The network, initialised from ``cfg.train.seed`` (identical on every rank)."""
+def build_model(cfg: Config, num_classes: int, weights_path: str | None = None) -> VIReIDModel:
+    """The network, initialised from ``cfg.train.seed`` (identical on every rank).
+
+    ``weights_path``: the local ImageNet file to start from instead of ``cfg.model``'s (a Ray
+    worker's verified copy of the file the driver staged, :func:`vireid.data.staging.local_file`).
+    """
     seed_everything(int(cfg.train.seed))
-    return VIReIDModel(cfg.model, num_classes)
+    model_cfg = cfg.model if weights_path is None else dataclasses.replace(cfg.model, weights_path=weights_path)
+    return VIReIDModel(model_cfg, num_classes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,10 +173,13 @@ class Trainer:
     the best validation mAP epoch's weights (the last epoch when there is no ``val`` split).
     ``data_parallel``: wrap the task in DistributedDataParallel (None: when a process group of
     more than one rank is initialised; True also with one rank, to measure DDP's cost).
+    ``weights_path``: see :func:`build_model` (the run's config, and so its fingerprint, keeps
+    ``model.weights_path`` as the driver had it).
     """
 
     def __init__(self, cfg: Config, shards_dir: str | Path, *, rank: int = 0, world_size: int = 1,
-                 device: str | torch.device = "cpu", data_parallel: bool | None = None) -> None:
+                 device: str | torch.device = "cpu", data_parallel: bool | None = None,
+                 weights_path: str | None = None) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.device = torch.device(device)
         self.shards = ShardSet(shards_dir)
@@ -188,7 +196,7 @@ class Trainer:
         if rank == 0:
             for note in self.runtime.notes:
                 log.warning("%s", note)
-        self.model = build_model(cfg, self.num_classes).to(self.device)
+        self.model = build_model(cfg, self.num_classes, weights_path).to(self.device)
         if self.runtime.channels_last or self.runtime.compile_regions:
             compile_for_speed(self.model, channels_last=self.runtime.channels_last,
                               compile_regions=self.runtime.compile_regions)

@@ -32,10 +32,11 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from vireid.config import Config, config_from_dict, config_to_dict
+from vireid.config import Config, ModelConfig, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
-from vireid.data.staging import ShardSource, local_shards
+from vireid.data.staging import ShardSource, StagedFile, StagedFileError, local_file, local_shards
 from vireid.io import atomic_write_json, atomic_write_text
+from vireid.modeling.backbone import PretrainedWeightsError
 from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
 from vireid.tracking.store import check_reachable_from_nodes
 from vireid.training.checkpoint import STATE_FILE, load_train_state, save_model, selected_from_state
@@ -110,23 +111,43 @@ def logged_epochs(tracking_uri: str, run_id: str) -> set[int]:
     return {int(m.step) for m in client(tracking_uri).get_metric_history(run_id, "epoch/seconds")}
 
 
+def local_pretrained(source: StagedFile, model: ModelConfig, cache_root: str | os.PathLike[str]) -> Path:
+    """This node's copy of the ImageNet weights file the driver staged, verified against its
+    sha256 (:func:`vireid.data.staging.local_file`; run on a worker, where it is loaded).
+
+    Raises :class:`~vireid.modeling.backbone.PretrainedWeightsError` naming the config key
+    (``model.weights_path``, or ``model.pretrained`` for torchvision's file) and the file at fault.
+    """
+    key = "model.weights_path" if model.weights_path else "model.pretrained"
+    try:
+        return local_file(source, cache_root)
+    except (StagedFileError, OSError) as e:
+        raise PretrainedWeightsError(f"{key}: {e}") from e
+
+
 def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     """Ray Train worker function: restore, train the remaining epochs, report, checkpoint.
 
     ``loop_config``: ``config`` (plain dict of :class:`Config`), ``shards`` (a
-    :class:`~vireid.data.staging.ShardSource`: read in place or copied to this node), ``fault``
-    (test hook or None), ``tracking`` (``{"tracking_uri", "run_id"}`` or None). Rank 0
-    returns ``{"epoch", "history"}``.
+    :class:`~vireid.data.staging.ShardSource`: read in place or copied to this node),
+    ``weights`` (the ImageNet weights file the driver staged, a
+    :class:`~vireid.data.staging.StagedFile`, loaded from this node's verified copy; None: the
+    model resolves ``model.pretrained`` itself), ``fault`` (test hook or None), ``tracking``
+    (``{"tracking_uri", "run_id"}`` or None). Rank 0 returns ``{"epoch", "history"}``.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     cfg = config_from_dict(loop_config["config"])
     shards_dir = local_shards(loop_config["shards"], Path(tempfile.gettempdir()) / "vireid-shards")
+    weights_path = None
+    if cfg.model.pretrained and loop_config.get("weights") is not None:
+        weights_path = str(local_pretrained(loop_config["weights"], cfg.model,
+                                            Path(tempfile.gettempdir()) / "vireid-weights"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.cpus_per_worker)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-    trainer = Trainer(cfg, shards_dir, rank=rank, world_size=world, device=device)
+    trainer = Trainer(cfg, shards_dir, rank=rank, world_size=world, device=device, weights_path=weights_path)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -189,6 +210,7 @@ def build_trainer(
     tracking: dict | None = None,
     num_to_keep: int = 2,
     storage_filesystem: Any = None,
+    weights: StagedFile | None = None,
 ) -> TorchTrainer:
     """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
 
@@ -197,7 +219,9 @@ def build_trainer(
     filesystem, :func:`vireid.ray_session.ray_storage`) a path on it. ``fault`` and ``tracking``: see
     :func:`train_loop_per_worker`. ``num_to_keep`` latest checkpoints are kept. ``shards``:
     where the workers read the shard set (a folder is read in place; on a cluster the staged
-    set of :func:`vireid.data.staging.shard_source`).
+    set of :func:`vireid.data.staging.shard_source`). ``weights``: the ImageNet weights file
+    the workers load (:func:`vireid.data.staging.file_source`; None: each worker resolves
+    ``model.pretrained`` itself).
     """
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
@@ -205,7 +229,7 @@ def build_trainer(
         resources["GPU"] = 1
     if not isinstance(shards, ShardSource):
         shards = ShardSource(str(Path(shards).resolve()))
-    loop_config = {"config": config_to_dict(cfg), "shards": shards,
+    loop_config = {"config": config_to_dict(cfg), "shards": shards, "weights": weights,
                    "fault": dict(fault) if fault else None,
                    "tracking": dict(tracking) if tracking else None}
     return TorchTrainer(
@@ -256,6 +280,7 @@ def fit(
     object_store_mb: int = 256,
     storage_filesystem: Any = None,
     shards_at: ShardSource | None = None,
+    weights_at: StagedFile | None = None,
 ) -> dict[str, Any]:
     """Train with Ray Train and export the result; return the training summary.
 
@@ -265,7 +290,9 @@ def fit(
     ``model.pt`` (selected weights + metadata), ``train_summary.json`` and ``history.csv``.
     ``name`` defaults to :func:`run_name`, so a rerun resumes instead of starting over.
     ``shards_at``: where the workers read ``shards_dir``'s set (default: the folder itself; on
-    a cluster, :func:`vireid.data.staging.shard_source`).
+    a cluster, :func:`vireid.data.staging.shard_source`). ``weights_at``: the ImageNet weights
+    file the workers load (:func:`vireid.data.staging.file_source`; None: each resolves
+    ``model.pretrained`` itself).
     """
     t = cfg.train
     # a new local instance offers this machine's GPUs (refused when fewer than the workers)
@@ -280,7 +307,8 @@ def fit(
             check_reachable_from_nodes(str(tracking["tracking_uri"]), alive_nodes())
         t0 = time.perf_counter()
         result = build_trainer(cfg, shards_at or shards_dir, storage_path, name, callbacks=callbacks, fault=fault,
-                               tracking=tracking, storage_filesystem=storage_filesystem).fit()
+                               tracking=tracking, storage_filesystem=storage_filesystem,
+                               weights=weights_at).fit()
         wall = time.perf_counter() - t0
     if result.error is not None:
         raise result.error

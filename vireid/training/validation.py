@@ -53,7 +53,7 @@ def shared_features(model: VIReIDModel, table: ShardTable, rows: np.ndarray, cfg
     mine = rows[rank::world]
     padded = np.concatenate([mine, np.repeat(rows[-1:], per - len(mine))])  # same count on every rank
     local = torch.from_numpy(extract(padded)).to(device)  # [per, d]
-    gathered = all_gather_rows(local).cpu().numpy()  # [world * per, d], rank-major
+    gathered = all_gather_rows(local, per).cpu().numpy()  # [world * per, d], rank-major
     out = np.empty((len(rows), gathered.shape[1]), dtype=gathered.dtype)
     for r in range(world):
         n = len(range(r, len(rows), world))

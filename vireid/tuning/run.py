@@ -39,7 +39,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
-from vireid.data.staging import ShardSource
+from vireid.data.staging import ShardSource, StagedFile
 from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
 from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
@@ -59,9 +59,11 @@ log = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSource, train_storage: str,
-              tracking: dict[str, str] | None, storage_filesystem: Any = None) -> None:
+              tracking: dict[str, str] | None, storage_filesystem: Any = None,
+              weights: StagedFile | None = None) -> None:
     """Tune function trainable: one Ray Train run for ``config`` (``memory_size``,
-    ``temperature``), reporting every epoch to Tune through ``TuneReportCallback``."""
+    ``temperature``), reporting every epoch to Tune through ``TuneReportCallback``; its
+    workers load the ImageNet weights from ``weights`` (see :func:`run_search`)."""
     ctx = ray.tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     cfg = trial_config(config_from_dict(base), config["memory_size"], config["temperature"])
@@ -80,7 +82,8 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSour
     from vireid.training.ray_train import build_trainer
 
     trainer = build_trainer(cfg, shards, train_storage, trial_id, callbacks=callbacks,
-                            tracking=train_tracking, num_to_keep=1, storage_filesystem=storage_filesystem)
+                            tracking=train_tracking, num_to_keep=1, storage_filesystem=storage_filesystem,
+                            weights=weights)
     result = trainer.fit()
     if tracking is not None and run_id is not None:
         client(tracking["tracking_uri"]).set_terminated(run_id, "FAILED" if result.error else "FINISHED")
@@ -112,6 +115,7 @@ def run_search(
     object_store_mb: int = 256,
     storage_filesystem: Any = None,
     shards_at: ShardSource | None = None,
+    weights_at: StagedFile | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search and write ``best_params.yaml``, ``summary.json`` and
     ``tune.png`` to ``out_dir``; return the summary.
@@ -123,7 +127,9 @@ def run_search(
     ``train.ray_address`` (a new local instance with :func:`cpus_needed` CPUs when empty)
     unless Ray is already initialised. A trial is retried ``train.max_failures`` times.
     ``shards_at``: where the trials' workers read ``shards_dir``'s set (default: the folder
-    itself; on a cluster, :func:`vireid.data.staging.shard_source`).
+    itself; on a cluster, :func:`vireid.data.staging.shard_source`). ``weights_at``: the
+    ImageNet weights file the trials' workers load (:func:`vireid.data.staging.file_source`;
+    None: each worker resolves ``model.pretrained`` itself).
     """
     t = cfg.train
     # a new local instance offers this machine's GPUs (refused when fewer than one trial's
@@ -144,7 +150,7 @@ def run_search(
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(
                 run_trial, base=config_to_dict(cfg), shards=shards_at or ShardSource(str(shards_dir)),
-                train_storage=f"{exp_path}/train", storage_filesystem=storage_filesystem,
+                train_storage=f"{exp_path}/train", storage_filesystem=storage_filesystem, weights=weights_at,
                 tracking=None if track is None else track.__dict__.copy()),
             {"cpu": driver_cpus})
         if ray.tune.Tuner.can_restore(exp_path, storage_filesystem=storage_filesystem):
