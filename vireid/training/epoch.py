@@ -24,7 +24,7 @@ from vireid.data.sampler import IdentityBalancedSampler
 from vireid.data.shards import ShardTable
 from vireid.data.transforms import train_transform
 from vireid.distributed import all_reduce_mean, world_size
-from vireid.modeling import ReIDTask
+from vireid.modeling import ReIDTask, check_batch_layout
 from vireid.training.runtime import StepRuntime
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,23 @@ def device_augment(cfg: Config) -> BatchTransform | None:
     return BatchAugment(size=(cfg.data.image_height, cfg.data.image_width))
 
 
-def device_batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+def check_batch_on_host(labels: torch.Tensor, modalities: torch.Tensor, num_classes: int | None) -> None:
+    """The sampler batch's layout and label range, checked on the CPU tensors before the copy:
+    a bad batch is a ValueError naming it here, not a device-side assert that poisons the
+    CUDA context (and that Ray Train would replay on every retry). Costs no device sync."""
+    check_batch_layout(labels, modalities)
+    if num_classes is not None and labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise ValueError(f"batch labels must be in 0..{num_classes - 1} (the training identities), "
+                         f"got {int(labels.min())}..{int(labels.max())}")
+
+
+def device_batches(loader: DataLoader, device: torch.device,
+                   num_classes: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
     """``(image, label, modality)`` of each batch on ``device``, one batch ahead: the copy of
-    batch i+1 is issued (non-blocking, from pinned memory on CUDA) before batch i is used."""
+    batch i+1 is issued (non-blocking, from pinned memory on CUDA) before batch i is used.
+    Each batch is checked on the host first (:func:`check_batch_on_host`)."""
     def move(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        check_batch_on_host(batch["label"], batch["modality"], num_classes)
         return tuple(batch[k].to(device, non_blocking=True) for k in ("image", "label", "modality"))
 
     it = iter(loader)
@@ -140,7 +153,7 @@ def train_one_epoch(
                  rate)
 
     i = -1
-    for i, (x, y, m) in enumerate(device_batches(loader, device)):
+    for i, (x, y, m) in enumerate(device_batches(loader, device, task.model.num_classes)):
         if augment is not None:
             x = augment(x)  # uint8 [B,3,H,W] -> float [B,3,H,W], on the device
         if runtime.channels_last:
