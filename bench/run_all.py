@@ -96,6 +96,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "bench/loss_gradients.py", "--shards", "data/shards", "--model", "outputs/train/model.pt",
         "--batches", "8", "--json", "bench/results/loss_gradients_cpu.json",
     )),
+    # docs/method.md "Why draws differ": the generator's records of draws 0-5, seconds.
+    Benchmark("draw_stats", (
+        "bench/draw_stats.py", "--seeds", "0", "1", "2", "3", "4", "5", "--json", "bench/results/draw_stats.json",
+    )),
     # docs/method.md "Measured on the synthetic data": 25 trainings of 40 epochs (5 configurations
     # x 5 seeds, 3-6 min each on 2 cores), about two hours. Needs the prepared shards
     # (`uv run dvc repro prepare`). Only with --with-ablation.
