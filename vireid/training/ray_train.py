@@ -211,6 +211,7 @@ def build_trainer(
     num_to_keep: int = 2,
     storage_filesystem: Any = None,
     weights: StagedFile | None = None,
+    gpus_per_worker: float | None = None,
 ) -> TorchTrainer:
     """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
 
@@ -221,12 +222,13 @@ def build_trainer(
     where the workers read the shard set (a folder is read in place; on a cluster the staged
     set of :func:`vireid.data.staging.shard_source`). ``weights``: the ImageNet weights file
     the workers load (:func:`vireid.data.staging.file_source`; None: each worker resolves
-    ``model.pretrained`` itself).
+    ``model.pretrained`` itself). ``gpus_per_worker``: each worker's GPUs with ``train.use_gpu``
+    (a fraction shares a GPU: a Tune trial's ``tune.gpus_per_trial``); None: one.
     """
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = 1 if gpus_per_worker is None else gpus_per_worker
     if not isinstance(shards, ShardSource):
         shards = ShardSource(str(Path(shards).resolve()))
     loop_config = {"config": config_to_dict(cfg), "shards": shards, "weights": weights,
