@@ -160,8 +160,12 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     logged: set[int] = set()
     if tracking and rank == 0:
         from vireid.tracking import MetricLogger
+        from vireid.tracking.store import append_tag
+        from vireid.tracking.tags import TAG_RAY_NODES
 
         steps = MetricLogger(tracking["tracking_uri"], str(tracking["run_id"]))
+        append_tag(tracking["tracking_uri"], str(tracking["run_id"]), TAG_RAY_NODES,
+                   ray.get_runtime_context().get_node_id())
         # a resumed training: the epochs restored from the checkpoint that this MLflow run lacks
         # (a new run after a finished training, or epochs logged by no attempt)
         logged = logged_epochs(tracking["tracking_uri"], str(tracking["run_id"]))

@@ -43,7 +43,8 @@ from vireid.config import Config, ConfigError, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import ShardSource, StagedFile
 from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
-from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
+from vireid.tracking.store import TrackingTarget, append_tag, check_reachable_from_nodes, client
+from vireid.tracking.tags import TAG_TRIAL_NODES
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
     cpus_needed,
@@ -76,6 +77,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSour
     if tracking is not None:
         t = Tracking(**tracking)
         run_id = child_run(t, trial_id, trial_name, cfg.model.memory_size, cfg.loss.temperature)
+        append_tag(t.tracking_uri, run_id, TAG_TRIAL_NODES, ray.get_runtime_context().get_node_id())
         callbacks.append(EpochLogger(t.tracking_uri, run_id))
         train_tracking = {"tracking_uri": t.tracking_uri, "run_id": run_id}
     # Last: once Tune has a trial's final (or ASHA-stopping) result it ends the trial, so the
