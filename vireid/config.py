@@ -247,6 +247,8 @@ class TuneConfig:
     reduction_factor: int = 2  # ASHA halving rate
     max_concurrent: int = 2  # trials at once
     seed: int = 0  # search seed
+    gpus_per_trial: float = 0.0  # GPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (0.5: two trials share a GPU; needs train.use_gpu); 0: train.use_gpu decides (one GPU per worker, or none)
+    cpus_per_trial: int = 0  # CPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (each worker's torch threads); 0: train.num_workers * train.cpus_per_worker
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
@@ -258,6 +260,10 @@ class TuneConfig:
         _check(1 <= self.grace_period <= self.epochs, "tune.grace_period", "must be in 1..tune.epochs")
         _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
         _check(self.max_concurrent >= 1, "tune.max_concurrent", "must be >= 1")
+        _check(math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0, "tune.gpus_per_trial",
+               f"must be >= 0 (0.5: two trials share a GPU), got {self.gpus_per_trial}")
+        _check(self.cpus_per_trial >= 0, "tune.cpus_per_trial",
+               f"must be >= 0 (0: train.num_workers * train.cpus_per_worker), got {self.cpus_per_trial}")
 
 
 METRIC_NAMES: tuple[str, ...] = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # = vireid.evaluation.metrics
@@ -357,10 +363,31 @@ class Config:
             needs = "memory" if self.loss.infer == "memory" else "fusion"
             _check(getattr(self.model, needs), "loss.infer",
                    f"{self.loss.infer!r} needs model.{needs}: turn it on or set loss.infer: none")
+        check_trial_resources(self.train, self.tune)
         family = self.eval.headline.split("/", 1)[0]
         _check(family == self.data.dataset, "eval.headline",
                f"{self.eval.headline!r} is a {family} metric but data.dataset is {self.data.dataset!r} "
                f"(e.g. {'regdb/v2t/mAP' if self.data.dataset == 'regdb' else 'sysu/all/single/mAP'})")
+
+
+def check_trial_resources(train: TrainConfig, tune: TuneConfig) -> None:
+    """Cross-check of ``tune.gpus_per_trial`` and ``tune.cpus_per_trial`` against the trial's
+    Ray Train layout (``train.num_workers`` workers, ``train.use_gpu``): each worker gets an
+    equal share, and Ray accepts a share of a GPU below 1 or a whole number of GPUs."""
+    n = train.num_workers
+    if tune.gpus_per_trial > 0:
+        _check(train.use_gpu, "tune.gpus_per_trial",
+               f"{tune.gpus_per_trial} GPUs per trial need train.use_gpu: true (or set it to 0)")
+        share = tune.gpus_per_trial / n
+        _check(share <= 1 or share == int(share), "tune.gpus_per_trial",
+               f"{tune.gpus_per_trial} GPUs over train.num_workers: {n} gives {share:g} per worker; "
+               "Ray takes a fraction of one GPU or a whole number of GPUs per worker")
+        _check(share >= 1e-4, "tune.gpus_per_trial",
+               f"{share:g} GPU per worker is below Ray's resolution (0.0001)")
+    if tune.cpus_per_trial > 0:
+        _check(tune.cpus_per_trial % n == 0, "tune.cpus_per_trial",
+               f"{tune.cpus_per_trial} CPUs do not split evenly over train.num_workers: {n} "
+               "(each worker gets a whole number of CPUs)")
 
 
 def check_schedule(cfg: Config) -> None:

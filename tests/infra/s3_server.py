@@ -60,7 +60,10 @@ class SeaweedS3:
         self.proc = subprocess.Popen(
             [binary, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-             f"-filer.port={ports['filer']}", "-volume.max=32", "-master.volumeSizeLimitMB=32",  # a collection grows 7 volumes at once
+             # a collection grows 7 volumes at once; 128 x 32 MB in all: a deleted object keeps
+             # its space until a vacuum, and a search writes a checkpoint per trial and epoch
+             # (two searches of test_cluster_tune filled 32 volumes)
+             f"-filer.port={ports['filer']}", "-volume.max=128", "-master.volumeSizeLimitMB=32",
              "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
              # its Iceberg and Lance listeners bind fixed ports (8181, 9101): off, so that two
              # servers (two tests, two checkouts) can run at once

@@ -13,47 +13,37 @@ resumes from the checkpoint in the bucket.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.fs
 import pytest
 import yaml
 
 from tests._params import REPO
+from tests.infra.isolated_nodes import (
+    SHARD_CACHE,
+    assert_isolated,
+    isolation,
+    listing,
+    skip_unless_root,
+    stage_env,
+)
 from tests.infra.raycluster_local import LocalRayCluster
 from tests.infra.s3_server import SeaweedS3, make_bucket
-from tests.tracking.test_server import wait_healthy
 from tests.training.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
 from vireid.data.prepare import prepare
 from vireid.data.staging import shard_key
 from vireid.data.synthetic import generate_sysu
 from vireid.ray_session import ray_storage
-from vireid.tracking.server import free_port, server_command, server_env, start_server, stop_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BUCKET = "vireid-cluster"
 EPOCHS = 6
-
-PROBE = """
-import json, os, sys, ray
-ray.init(address=sys.argv[1], logging_level="ERROR")
-
-@ray.remote(num_cpus=0, resources={"node_worker": 0.01})
-def look(paths):
-    import vireid
-    return {"exists": {p: os.path.exists(p) for p in paths}, "vireid": vireid.__file__, "cwd": os.getcwd()}
-
-print("PROBE " + json.dumps(ray.get(look.remote(sys.argv[2:]))), flush=True)
-"""
 
 
 @pytest.fixture
@@ -63,43 +53,11 @@ def s3(s3_server: SeaweedS3) -> SeaweedS3:
     return s3_server
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    (tmp_path / "mlflow").mkdir()
-    proc = start_server(server_command(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}", port=port,
-                                       artifacts_destination=str(tmp_path / "mlflow" / "artifacts")),
-                        env=server_env(os.environ))
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", proc, timeout=240)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
-
-
-@pytest.fixture
-def cluster() -> Iterator[LocalRayCluster]:
-    c = LocalRayCluster()
-    try:
-        yield c
-    finally:
-        c.stop()
-        assert c.pids() == [], "processes of the test cluster survived stop()"
-
-
-def _listing(fs: pyarrow.fs.S3FileSystem, prefix: str) -> list[str]:
-    try:
-        return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True))]
-    except (FileNotFoundError, OSError):
-        return []
-
-
 @pytest.mark.timeout(1500)
 def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
         s3: SeaweedS3, mlflow_server: str, cluster: LocalRayCluster, tmp_path: Path,
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("a node in its own mount namespace (unshare -m) needs root here")
+    skip_unless_root()
     _, fs = ray_storage(f"s3://{BUCKET}", s3.environ())  # the library's S3 filesystem, to look in the bucket
     project = tmp_path / "project"
     root = generate_sysu(project / "data" / "raw" / "SYSU-MM01", SYNTH)
@@ -112,25 +70,13 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
 
     # what the isolated nodes cannot see: the repository (but its code and environment, as in
     # the image), everything pytest made, the head's node-local shard cache and Ray session
-    cache = Path(tempfile.gettempdir()) / "vireid-shards"
-    cache.mkdir(exist_ok=True)
-    hide = [REPO, tmp_path_factory.getbasetemp(), cache, cluster.temp_dir]
-    keep = [REPO / "vireid"] + ([Path(sys.prefix)] if Path(sys.prefix).is_relative_to(REPO) else [])
+    hide, keep = isolation(cluster, tmp_path_factory)
     cluster.start_head({"node_head": 1}, dashboard=True)
     first = cluster.add_isolated_node({"node_worker": 1}, hide=hide, keep=keep)
     cluster.wait_for_nodes(2)
+    assert_isolated(cluster, [project / "params.yaml", shards / "manifest.json", REPO / "params.yaml"])
 
-    probe = subprocess.run([sys.executable, "-c", PROBE, cluster.address, str(project / "params.yaml"),
-                            str(shards / "manifest.json"), str(REPO / "params.yaml"), str(cache)],
-                           env=cluster.env, capture_output=True, text=True, timeout=300, cwd="/")
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    seen = json.loads(probe.stdout.split("PROBE ", 1)[1])
-    assert not any(seen["exists"][p] for p in (str(project / "params.yaml"), str(shards / "manifest.json"),
-                                               str(REPO / "params.yaml"))), seen
-    assert seen["vireid"].startswith(str(REPO / "vireid")) and seen["cwd"] == "/", seen
-
-    env = {**cluster.env, **s3.environ(), "PYTHONPATH": str(REPO), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = stage_env(cluster, s3)
     # a store in the head's files is refused once the cluster has two nodes: workers log to it
     local = replace(cfg, track={"tracking_uri": ""})  # "": the project's local sqlite store
     (project / "local.yaml").write_text(yaml.safe_dump(config_to_dict(local)), encoding="utf-8")
@@ -153,7 +99,7 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
             # restarts the run from scratch, correctly); rank 0 starts the next epoch only once
             # its checkpoint is committed, so the second one's upload means the first is committed
             deadline = time.monotonic() + 600
-            while sum(p.endswith("train_state.pt") for p in _listing(fs, f"{BUCKET}/team/train")) < 2:
+            while sum(p.endswith("train_state.pt") for p in listing(fs, f"{BUCKET}/team/train")) < 2:
                 assert driver.poll() is None, log.read_text()[-4000:]
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(0.5)
@@ -167,7 +113,7 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
     finally:
         if driver.poll() is None:
             driver.kill()
-        shutil.rmtree(cache / key, ignore_errors=True)  # the head node's copy
+        shutil.rmtree(SHARD_CACHE / key, ignore_errors=True)  # the head node's copy
 
     summary = json.loads((project / "outputs" / "train" / "train_summary.json").read_text())
     attempts = [h["attempt"] for h in summary["history"]]
@@ -177,7 +123,7 @@ def test_train_stage_across_nodes_without_a_shared_filesystem_resumes_from_s3(
     assert "Failed to query Ray Train Controller actor state" not in output  # the head's State API answers
     assert summary["checkpoint_path"].startswith(f"{BUCKET}/team/train/train-"), summary["checkpoint_path"]
     # the workers read the shards staged in the bucket, each node copying them to its own cache
-    staged = _listing(fs, f"{BUCKET}/team/shards/{key}")
+    staged = listing(fs, f"{BUCKET}/team/shards/{key}")
     assert f"{BUCKET}/team/shards/{key}/manifest.json" in staged
     copies = {line.split("pid=", 1)[1].split(")", 1)[0] for line in output.splitlines()
               if "copied shards" in line and "pid=" in line}

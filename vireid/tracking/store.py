@@ -139,6 +139,17 @@ def client(tracking_uri: str):  # -> mlflow.MlflowClient (import kept lazy: mlfl
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def append_tag(tracking_uri: str, run_id: str, key: str, value: str) -> str:
+    """Add ``value`` to the run's comma-separated tag ``key`` unless it already ends with it
+    (a restart on the same node adds nothing); return the tag's new value."""
+    c = client(tracking_uri)
+    values = [v for v in c.get_run(run_id).data.tags.get(key, "").split(",") if v]
+    if not values or values[-1] != value:
+        values.append(value)
+        c.set_tag(run_id, key, ",".join(values))
+    return ",".join(values)
+
+
 @contextmanager
 def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for the

@@ -42,6 +42,11 @@ TAG_DATA_KIND = "data_kind"  # synthetic | real | unknown
 TAG_TUNE_EXPERIMENT = "vireid.tune_experiment"
 TAG_TUNE_ROLE = "vireid.role"  # tune-parent | tune-trial
 TAG_TUNE_TRIAL = "vireid.tune_trial_id"
+#: The Ray node ids a run's rank-0 training worker ran on, comma-separated in order (one more
+#: each time the run restarts on another node): the train stage's run and each trial's run.
+TAG_RAY_NODES = "vireid.ray_nodes"
+#: The Ray node ids a trial's driver (the Tune function trainable) ran on, in the same way.
+TAG_TRIAL_NODES = "vireid.trial_nodes"
 #: Prefix of the best trial's values on the tune parent run: ``best.memory_size``, ``best.temperature``.
 TAG_BEST_PREFIX = "best."
 

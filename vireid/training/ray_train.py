@@ -160,8 +160,12 @@ def train_loop_per_worker(loop_config: dict) -> dict[str, Any] | None:
     logged: set[int] = set()
     if tracking and rank == 0:
         from vireid.tracking import MetricLogger
+        from vireid.tracking.store import append_tag
+        from vireid.tracking.tags import TAG_RAY_NODES
 
         steps = MetricLogger(tracking["tracking_uri"], str(tracking["run_id"]))
+        append_tag(tracking["tracking_uri"], str(tracking["run_id"]), TAG_RAY_NODES,
+                   ray.get_runtime_context().get_node_id())
         # a resumed training: the epochs restored from the checkpoint that this MLflow run lacks
         # (a new run after a finished training, or epochs logged by no attempt)
         logged = logged_epochs(tracking["tracking_uri"], str(tracking["run_id"]))
@@ -211,6 +215,7 @@ def build_trainer(
     num_to_keep: int = 2,
     storage_filesystem: Any = None,
     weights: StagedFile | None = None,
+    gpus_per_worker: float | None = None,
 ) -> TorchTrainer:
     """A :class:`TorchTrainer` for ``cfg.train``'s layout, persisting to ``storage_path/name``.
 
@@ -221,12 +226,13 @@ def build_trainer(
     where the workers read the shard set (a folder is read in place; on a cluster the staged
     set of :func:`vireid.data.staging.shard_source`). ``weights``: the ImageNet weights file
     the workers load (:func:`vireid.data.staging.file_source`; None: each worker resolves
-    ``model.pretrained`` itself).
+    ``model.pretrained`` itself). ``gpus_per_worker``: each worker's GPUs with ``train.use_gpu``
+    (a fraction shares a GPU: a Tune trial's ``tune.gpus_per_trial``); None: one.
     """
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = 1 if gpus_per_worker is None else gpus_per_worker
     if not isinstance(shards, ShardSource):
         shards = ShardSource(str(Path(shards).resolve()))
     loop_config = {"config": config_to_dict(cfg), "shards": shards, "weights": weights,

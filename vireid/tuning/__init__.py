@@ -11,9 +11,11 @@ from vireid.tuning.space import (
     WarmupASHA,
     cpus_needed,
     experiment_name,
+    gpus_per_worker,
     scheduler,
     search_space,
     trial_config,
+    trial_resources,
 )
 
 __all__ = [
@@ -23,8 +25,10 @@ __all__ = [
     "best_params",
     "cpus_needed",
     "experiment_name",
+    "gpus_per_worker",
     "run_search",
     "search_space",
     "summarize_search",
     "trial_config",
+    "trial_resources",
 ]

@@ -5,8 +5,10 @@ Each trial is a Ray Train run: a Tune *function trainable* builds a ``TorchTrain
 ``TuneReportCallback`` so that every epoch's ``ray.train.report`` (``epoch``, ``val_mAP``...)
 reaches Tune (the Ray Train V2 pattern, docs "Hyperparameter Tuning with Ray Tune"). A Tune
 trial reserves ``driver_cpus`` for this driver function; its Train workers reserve their own
-resources in a separate placement group, so a cluster runs ``max_concurrent`` trials when
-it has ``max_concurrent * (driver_cpus + num_workers * cpus_per_worker)`` CPUs
+resources in a separate placement group: ``tune.cpus_per_trial`` CPUs and
+``tune.gpus_per_trial`` GPUs split evenly over ``train.num_workers`` (0: the train stage's
+``train.cpus_per_worker`` each, and one GPU each with ``train.use_gpu``), so a cluster runs
+``max_concurrent`` trials when it has ``max_concurrent`` times :func:`trial_resources`
 (:func:`cpus_needed`).
 
 With ``tune.scheduler: asha``, ASHA (``AsyncHyperBandScheduler``) stops trials whose
@@ -37,15 +39,17 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from vireid.config import Config, config_from_dict, config_to_dict
+from vireid.config import Config, ConfigError, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import ShardSource, StagedFile
 from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
-from vireid.tracking.store import TrackingTarget, check_reachable_from_nodes, client
+from vireid.tracking.store import TrackingTarget, append_tag, check_reachable_from_nodes, client
+from vireid.tracking.tags import TAG_TRIAL_NODES
 from vireid.tuning.results import collect_trials, summarize_search, write_outputs
 from vireid.tuning.space import (
     cpus_needed,
     experiment_name,
+    gpus_per_worker,
     scheduler,
     search_space,
     trial_config,
@@ -73,6 +77,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSour
     if tracking is not None:
         t = Tracking(**tracking)
         run_id = child_run(t, trial_id, trial_name, cfg.model.memory_size, cfg.loss.temperature)
+        append_tag(t.tracking_uri, run_id, TAG_TRIAL_NODES, ray.get_runtime_context().get_node_id())
         callbacks.append(EpochLogger(t.tracking_uri, run_id))
         train_tracking = {"tracking_uri": t.tracking_uri, "run_id": run_id}
     # Last: once Tune has a trial's final (or ASHA-stopping) result it ends the trial, so the
@@ -83,7 +88,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], shards: ShardSour
 
     trainer = build_trainer(cfg, shards, train_storage, trial_id, callbacks=callbacks,
                             tracking=train_tracking, num_to_keep=1, storage_filesystem=storage_filesystem,
-                            weights=weights)
+                            weights=weights, gpus_per_worker=gpus_per_worker(cfg))
     result = trainer.fit()
     if tracking is not None and run_id is not None:
         client(tracking["tracking_uri"]).set_terminated(run_id, "FAILED" if result.error else "FINISHED")
@@ -96,6 +101,20 @@ def _cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def _local_gpus(cfg: Config) -> int:
+    """GPUs a new local Ray instance offers: this machine's, refused (ConfigError) when fewer
+    than one trial's workers need (``tune.gpus_per_trial`` rounded up, or one per worker)."""
+    t = cfg.train
+    if not t.use_gpu or not cfg.tune.gpus_per_trial:
+        return local_gpus(t.use_gpu, t.num_workers, _cuda_devices() if t.use_gpu else 0)
+    found, need = _cuda_devices(), math.ceil(cfg.tune.gpus_per_trial)
+    if found < need:
+        raise ConfigError(f"tune.gpus_per_trial: {cfg.tune.gpus_per_trial:g} needs {need} GPU(s) for one "
+                          f"trial, this machine has {found}; lower it, set train.use_gpu: false, or "
+                          "join a cluster with train.ray_address")
+    return found
 
 
 class SearchIncomplete(RuntimeError):
@@ -134,7 +153,7 @@ def run_search(
     t = cfg.train
     # a new local instance offers this machine's GPUs (refused when fewer than one trial's
     # workers; with fewer than max_concurrent trials' worth, trials wait for each other)
-    gpus = 0 if t.ray_address else local_gpus(t.use_gpu, t.num_workers, _cuda_devices() if t.use_gpu else 0)
+    gpus = 0 if t.ray_address else _local_gpus(cfg)
     shards_dir = Path(shards_dir).resolve()
     storage = (str(storage_path) if storage_filesystem is not None
                else storage_location(str(storage_path), Path.cwd()))

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 METRIC = "val_mAP"
 TIME_ATTR = "epoch"
+#: ``tune`` keys that place the trials without changing what they compute
+RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial")
 
 
 def trial_epochs(cfg: Config) -> int:
@@ -35,10 +37,29 @@ def trial_epochs(cfg: Config) -> int:
 
 def trial_config(cfg: Config, memory_size: int, temperature: float) -> Config:
     """``cfg`` with S and T set, :func:`trial_epochs` epochs, validation and a checkpoint every
-    epoch (ASHA reads ``val_mAP`` each epoch; a restarted trial continues from the last one)."""
+    epoch (ASHA reads ``val_mAP`` each epoch; a restarted trial continues from the last one),
+    and ``train.cpus_per_worker`` from ``tune.cpus_per_trial`` when that is set."""
+    train: dict[str, Any] = {"epochs": trial_epochs(cfg), "validate_every": 1, "checkpoint_every": 1}
+    if cfg.tune.cpus_per_trial:
+        train["cpus_per_worker"] = cfg.tune.cpus_per_trial // cfg.train.num_workers
     return replace(cfg, model={"memory_size": int(memory_size)},
-                   loss={"temperature": float(temperature)},
-                   train={"epochs": trial_epochs(cfg), "validate_every": 1, "checkpoint_every": 1})
+                   loss={"temperature": float(temperature)}, train=train)
+
+
+def gpus_per_worker(cfg: Config) -> float | None:
+    """A trial's Ray Train worker's GPUs: ``tune.gpus_per_trial / train.num_workers`` when
+    ``tune.gpus_per_trial`` is set (a fraction lets trials share a GPU), else None (the train
+    stage's layout: one GPU per worker with ``train.use_gpu``)."""
+    return cfg.tune.gpus_per_trial / cfg.train.num_workers if cfg.tune.gpus_per_trial else None
+
+
+def trial_resources(cfg: Config, driver_cpus: float = 1.0) -> dict[str, float]:
+    """What one trial reserves on the cluster: ``CPU`` (its driver, the Tune function
+    trainable, plus its Train workers) and ``GPU`` (its Train workers)."""
+    t = cfg.train
+    cpus = cfg.tune.cpus_per_trial or t.num_workers * t.cpus_per_worker
+    gpus = cfg.tune.gpus_per_trial or (float(t.num_workers) if t.use_gpu else 0.0)
+    return {"CPU": driver_cpus + cpus, "GPU": gpus}
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -53,9 +74,12 @@ def search_space(cfg: Config) -> dict[str, Any]:
 def experiment_name(cfg: Config, manifest: Mapping[str, Any]) -> str:
     """``tune-<hash>`` of everything the search's results depend on (all sections but
     ``eval`` and ``track``, and the shards' checksum): the same inputs, the same
-    experiment (resumed); changed inputs, a fresh one."""
+    experiment (resumed); changed inputs, a fresh one. The trials' resources
+    (``tune.gpus_per_trial``, ``tune.cpus_per_trial``, :data:`RESOURCE_KEYS`) are left out:
+    a search resumed on other hardware is the same search."""
     plain = config_to_dict(cfg)
     key = {k: plain[k] for k in ("data", "model", "loss", "train", "tune")}
+    key["tune"] = {k: v for k, v in key["tune"].items() if k not in RESOURCE_KEYS}
     key["shards"] = manifest.get("sha256_total")
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return f"tune-{digest[:12]}"
@@ -63,9 +87,8 @@ def experiment_name(cfg: Config, manifest: Mapping[str, Any]) -> str:
 
 def cpus_needed(cfg: Config, driver_cpus: float = 1.0) -> float:
     """Logical CPUs for ``tune.max_concurrent`` trials: each trial's driver plus its Train
-    workers."""
-    t = cfg.train
-    return cfg.tune.max_concurrent * (driver_cpus + t.num_workers * t.cpus_per_worker)
+    workers (:func:`trial_resources`)."""
+    return cfg.tune.max_concurrent * trial_resources(cfg, driver_cpus)["CPU"]
 
 
 class WarmupASHA(ASHAScheduler):
