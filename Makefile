@@ -16,11 +16,15 @@ export PYTHONUNBUFFERED := 1
 # `uv run` when the driver runs under `uv run`: keep the workers in this environment.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: setup run test lint tune bench clean
+.PHONY: setup run test test-long lint tune bench clean
 
+# --compile-bytecode: the .pyc files are written once at install (about 1 min, 2 s when
+# present). Where PYTHONDONTWRITEBYTECODE is set (this machine's shells) no process writes
+# them, and every Ray worker and stage process compiled torch, sympy and Ray from source at
+# each start (docs/benchmarks.md, "Python start-up").
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 run: setup
 	@git rev-parse --git-dir >/dev/null 2>&1 || (git init -q && echo "initialised a git repository (DVC needs one)")
@@ -31,9 +35,14 @@ run: setup
 # on one of them, sharing one local Ray instance and one S3 server (tests/conftest.py); the other
 # takes the remaining tests one by one as it frees up. tests/conftest.py also sets the variables
 # exported here, so a test file run alone (uv run pytest tests/...) behaves the same.
+# The tests marked long (over 5 minutes each: the tune stage's node loss and killed driver on a
+# two-node cluster) are left to make test-long, to keep make test near 20 minutes.
 test: setup
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen pytest -q -n 2 --dist loadgroup
+	$(UV) run --frozen pytest -q -n 2 --dist loadgroup -m "not long"
+
+test-long: setup
+	$(UV) run --frozen pytest -q -m long
 
 lint: setup
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .

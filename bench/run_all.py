@@ -100,6 +100,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("draw_stats", (
         "bench/draw_stats.py", "--seeds", "0", "1", "2", "3", "4", "5", "--json", "bench/results/draw_stats.json",
     )),
+    # docs "Python start-up": a worker's imports from source vs with the .pyc files, 3 pairs, ~2 min.
+    Benchmark("startup", ("bench/bench_startup.py", "--rounds", "3", "--json", "bench/results/startup.json")),
     # docs/method.md "Measured on the synthetic data": 25 trainings of 40 epochs (5 configurations
     # x 5 seeds, 3-6 min each on 2 cores), about two hours. Needs the prepared shards
     # (`uv run dvc repro prepare`). Only with --with-ablation.
