@@ -21,7 +21,8 @@ Run alone (needs root for ``unshare``; skipped otherwise)::
     uv run --frozen pytest -p no:cacheprovider tests/infra/test_cluster_tune.py            # both
     uv run --frozen pytest -p no:cacheprovider tests/infra/test_cluster_tune.py -k across  # the first
 
-The first takes about 5 min on a 2-core machine (4 trials of at most 3 epochs of the tiny
+``make test`` runs the first; the second is marked ``long`` and runs under ``make
+test-long`` (or the command above). The first takes about 5 min on a 2-core machine (4 trials of at most 3 epochs of the tiny
 model, two at a time; the cluster, the S3 server and the MLflow server start in about a
 minute); the second about 10 min (two searches of 3 trials, one interrupted twice).
 """
@@ -174,6 +175,10 @@ def test_tune_stage_across_nodes_two_trials_at_once_state_on_s3(
             assert sorted(m.step for m in c.get_metric_history(run.info.run_id, metric)) == want, (trial_id, metric)
         assert set(run.data.tags[TAG_RAY_NODES].split(",")) <= nodes
         assert set(run.data.tags[TAG_TRIAL_NODES].split(",")) <= nodes
+        # ended with its outcome, the trials ASHA stopped included (run_trial never returned)
+        assert run.info.status == "FINISHED", (trial_id, run.info.status)
+        assert run.data.tags["vireid.trial_outcome"] == (
+            "completed" if rows[trial_id]["completed"] else "early_stopped")
     assert {n for r in children.values() for n in r.data.tags[TAG_RAY_NODES].split(",")} == nodes
     # two trials ran at the same time, one on each node (driver and worker)
     live = {t: _interval(c, r) for t, r in children.items()}
@@ -210,6 +215,7 @@ def _terminated(fs, experiment: str) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
+@pytest.mark.long  # about 10 min: make test-long, not make test
 @pytest.mark.timeout(2700)
 def test_tune_stage_survives_a_lost_node_and_a_killed_driver(
         s3: SeaweedS3, mlflow_server: str, cluster: LocalRayCluster, tmp_path: Path,

@@ -100,6 +100,9 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], local
         assert float(ch.data.params["temperature"]) == pytest.approx(r["temperature"])
         hist = c.get_metric_history(ch.info.run_id, "val_mAP")
         assert sorted({m.step for m in hist}) == list(range(1, r["epochs_run"] + 1))
+        # ended with its outcome, also when ASHA stopped it (run_trial never returned)
+        assert ch.info.status == "FINISHED"
+        assert ch.data.tags["vireid.trial_outcome"] == ("completed" if r["completed"] else "early_stopped")
     # resume: the trial that finished before the interruption was not run again
     assert first in by_trial
     assert by_trial[first].data.metrics["trial_starts"] == 1

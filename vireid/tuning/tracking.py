@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +107,36 @@ class EpochLogger(ray.train.UserCallback):
         client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
 
 
+#: How a trial ended, on its child run: completed | early_stopped | errored
+TAG_OUTCOME = "vireid.trial_outcome"
+
+
+def close_trial_runs(track: Tracking, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """End every trial's child run with its outcome (``summarize_search``'s rows): a trial
+    ASHA stopped, or whose driver was killed, never reaches the end of ``run_trial`` and would
+    stay RUNNING. Errored trials end FAILED, the others FINISHED; each gets the tag
+    ``vireid.trial_outcome``. Returns ``{trial_id: outcome}``."""
+    c = client(track.tracking_uri)
+    outcomes: dict[str, str] = {}
+    for r in rows:
+        outcome = "errored" if r["error"] else "completed" if r["completed"] else "early_stopped"
+        outcomes[str(r["trial_id"])] = outcome
+        run_id = _find_run(track.tracking_uri, track.experiment_id,
+                           {TAG_EXPERIMENT: track.name, TAG_TRIAL: str(r["trial_id"]),
+                            PARENT_TAG: track.parent_run_id})
+        if run_id is None:  # the trial never started its run (failed before run_trial)
+            continue
+        c.set_tag(run_id, TAG_OUTCOME, outcome)
+        status = "FAILED" if outcome == "errored" else "FINISHED"
+        if c.get_run(run_id).info.status != status:
+            c.set_terminated(run_id, status)
+    return outcomes
+
+
 def finish_parent(track: Tracking, summary: Mapping[str, Any], out_dir: str | Path) -> None:
-    """Best S/T and ASHA's numbers on the parent run, the outputs as its artifacts; FINISHED."""
+    """Every trial's child run ended with its outcome (:func:`close_trial_runs`); best S/T and
+    ASHA's numbers on the parent run, the outputs as its artifacts; FINISHED."""
+    close_trial_runs(track, summary["trials"])
     c = client(track.tracking_uri)
     metrics = {k: summary[k] for k in ("num_trials", "num_early_stopped", "trial_epochs_used",
                                        "trial_epochs_full", "trial_epochs_saved")}
