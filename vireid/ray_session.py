@@ -11,6 +11,7 @@ node reads and writes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -76,12 +77,20 @@ def ray_storage(location: str, environ: Mapping[str, str]) -> tuple[str, Any]:
     return f"{parts.netloc}{parts.path}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
 
 
-def local_gpus(use_gpu: bool, num_workers: int, found: int) -> int:
+def local_gpus(use_gpu: bool, num_workers: int, found: int, gpus_per_trial: float = 0.0) -> int:
     """GPUs a new local Ray instance offers: none without ``train.use_gpu``, else the
-    ``found`` GPUs of this machine (the caller counts them); fewer than ``train.num_workers``
-    (one GPU per worker) is a ConfigError."""
+    ``found`` GPUs of this machine (the caller counts them); fewer than one run needs is a
+    ConfigError: ``train.num_workers`` (one GPU per worker), or for a Tune trial with
+    ``tune.gpus_per_trial`` set, that many rounded up (a fraction shares a GPU)."""
     if not use_gpu:
         return 0
+    if gpus_per_trial:
+        need = math.ceil(gpus_per_trial)
+        if found < need:
+            raise ConfigError(f"tune.gpus_per_trial: {gpus_per_trial:g} needs {need} GPU(s) for one trial, "
+                              f"this machine has {found}; lower it, set train.use_gpu: false, or join a "
+                              "cluster with train.ray_address")
+        return found
     if found < num_workers:
         raise ConfigError(f"train.use_gpu: true with train.num_workers: {num_workers} needs {num_workers} "
                           f"GPUs (one per worker), this machine has {found}; lower train.num_workers, "

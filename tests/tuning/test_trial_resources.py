@@ -17,6 +17,7 @@ from ray.train.torch import TorchTrainer
 from tests.tuning.conftest import tiny_config
 from vireid.config import ConfigError, config_from_dict, config_to_dict, replace
 from vireid.data.staging import ShardSource
+from vireid.ray_session import local_gpus
 from vireid.training import ray_train
 from vireid.tuning import run as tune_run
 from vireid.tuning.space import cpus_needed, gpus_per_worker, trial_config, trial_resources
@@ -109,15 +110,12 @@ def test_bad_trial_resources_name_the_key(tmp_path: Path, train: dict, tune: dic
         _config(tmp_path, train=train, **tune)
 
 
-def test_a_local_search_refuses_too_few_gpus_for_one_trial(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _config(tmp_path, train={"use_gpu": True, "num_workers": 2}, gpus_per_trial=2.0)
-    monkeypatch.setattr(tune_run, "_cuda_devices", lambda: 1)
+def test_a_local_search_refuses_too_few_gpus_for_one_trial() -> None:
+    # run_search's local instance: local_gpus(train.use_gpu, train.num_workers, found, tune.gpus_per_trial)
     with pytest.raises(ConfigError, match=r"tune\.gpus_per_trial: 2 needs 2 GPU\(s\) for one trial, "
                                           r"this machine has 1"):
-        tune_run._local_gpus(cfg)
-    half = _config(tmp_path, train={"use_gpu": True, "num_workers": 2}, gpus_per_trial=0.5)
-    assert tune_run._local_gpus(half) == 1  # two workers of a quarter GPU each: one GPU is enough
+        local_gpus(True, 2, 1, gpus_per_trial=2.0)
+    assert local_gpus(True, 2, 1, gpus_per_trial=0.5) == 1  # two workers of a quarter GPU each: one GPU is enough
 
 
 def test_resources_do_not_rename_the_experiment(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from vireid.config import Config, ConfigError, config_from_dict, config_to_dict
+from vireid.config import Config, config_from_dict, config_to_dict
 from vireid.data.shards import ShardSet
 from vireid.data.staging import ShardSource, StagedFile
 from vireid.ray_session import alive_nodes, local_gpus, ray_session, storage_location
@@ -103,20 +103,6 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count()
 
 
-def _local_gpus(cfg: Config) -> int:
-    """GPUs a new local Ray instance offers: this machine's, refused (ConfigError) when fewer
-    than one trial's workers need (``tune.gpus_per_trial`` rounded up, or one per worker)."""
-    t = cfg.train
-    if not t.use_gpu or not cfg.tune.gpus_per_trial:
-        return local_gpus(t.use_gpu, t.num_workers, _cuda_devices() if t.use_gpu else 0)
-    found, need = _cuda_devices(), math.ceil(cfg.tune.gpus_per_trial)
-    if found < need:
-        raise ConfigError(f"tune.gpus_per_trial: {cfg.tune.gpus_per_trial:g} needs {need} GPU(s) for one "
-                          f"trial, this machine has {found}; lower it, set train.use_gpu: false, or "
-                          "join a cluster with train.ray_address")
-    return found
-
-
 class SearchIncomplete(RuntimeError):
     """The search stopped before all trials finished (interrupted); rerun to resume it."""
 
@@ -153,7 +139,8 @@ def run_search(
     t = cfg.train
     # a new local instance offers this machine's GPUs (refused when fewer than one trial's
     # workers; with fewer than max_concurrent trials' worth, trials wait for each other)
-    gpus = 0 if t.ray_address else _local_gpus(cfg)
+    gpus = 0 if t.ray_address else local_gpus(t.use_gpu, t.num_workers, _cuda_devices() if t.use_gpu else 0,
+                                              gpus_per_trial=cfg.tune.gpus_per_trial)
     shards_dir = Path(shards_dir).resolve()
     storage = (str(storage_path) if storage_filesystem is not None
                else storage_location(str(storage_path), Path.cwd()))
