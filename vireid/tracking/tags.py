@@ -42,6 +42,8 @@ TAG_DATA_KIND = "data_kind"  # synthetic | real | unknown
 TAG_TUNE_EXPERIMENT = "vireid.tune_experiment"
 TAG_TUNE_ROLE = "vireid.role"  # tune-parent | tune-trial
 TAG_TUNE_TRIAL = "vireid.tune_trial_id"
+#: How a trial ended, on its child run: completed | early_stopped | errored
+TAG_TUNE_OUTCOME = "vireid.trial_outcome"
 #: The Ray node ids a run's rank-0 training worker ran on, comma-separated in order (one more
 #: each time the run restarts on another node): the train stage's run and each trial's run.
 TAG_RAY_NODES = "vireid.ray_nodes"

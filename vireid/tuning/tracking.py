@@ -20,6 +20,7 @@ from vireid.tracking.tags import (
     MLFLOW_PARENT_RUN,
     TAG_BEST_PREFIX,
     TAG_TUNE_EXPERIMENT,
+    TAG_TUNE_OUTCOME,
     TAG_TUNE_ROLE,
     TAG_TUNE_TRIAL,
 )
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 
 
 # the tag names (vireid.tracking.tags), under the names this module's callers know
-PARENT_TAG, TAG_EXPERIMENT, TAG_ROLE, TAG_TRIAL = (MLFLOW_PARENT_RUN, TAG_TUNE_EXPERIMENT, TAG_TUNE_ROLE,
-                                                   TAG_TUNE_TRIAL)
+PARENT_TAG, TAG_EXPERIMENT, TAG_ROLE, TAG_TRIAL, TAG_OUTCOME = (
+    MLFLOW_PARENT_RUN, TAG_TUNE_EXPERIMENT, TAG_TUNE_ROLE, TAG_TUNE_TRIAL, TAG_TUNE_OUTCOME)
 
 
 @dataclass(frozen=True)
@@ -107,29 +108,25 @@ class EpochLogger(ray.train.UserCallback):
         client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
 
 
-#: How a trial ended, on its child run: completed | early_stopped | errored
-TAG_OUTCOME = "vireid.trial_outcome"
-
-
 def close_trial_runs(track: Tracking, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """End every trial's child run with its outcome (``summarize_search``'s rows): a trial
     ASHA stopped, or whose driver was killed, never reaches the end of ``run_trial`` and would
     stay RUNNING. Errored trials end FAILED, the others FINISHED; each gets the tag
     ``vireid.trial_outcome``. Returns ``{trial_id: outcome}``."""
     c = client(track.tracking_uri)
+    query = f"tags.`{PARENT_TAG}` = '{track.parent_run_id}' and tags.`{TAG_EXPERIMENT}` = '{track.name}'"
+    runs = {r.data.tags.get(TAG_TRIAL): r for r in c.search_runs([track.experiment_id], filter_string=query)}
     outcomes: dict[str, str] = {}
     for r in rows:
         outcome = "errored" if r["error"] else "completed" if r["completed"] else "early_stopped"
         outcomes[str(r["trial_id"])] = outcome
-        run_id = _find_run(track.tracking_uri, track.experiment_id,
-                           {TAG_EXPERIMENT: track.name, TAG_TRIAL: str(r["trial_id"]),
-                            PARENT_TAG: track.parent_run_id})
-        if run_id is None:  # the trial never started its run (failed before run_trial)
+        run = runs.get(str(r["trial_id"]))
+        if run is None:  # the trial never started its run (failed before run_trial)
             continue
-        c.set_tag(run_id, TAG_OUTCOME, outcome)
+        c.set_tag(run.info.run_id, TAG_OUTCOME, outcome)
         status = "FAILED" if outcome == "errored" else "FINISHED"
-        if c.get_run(run_id).info.status != status:
-            c.set_terminated(run_id, status)
+        if run.info.status != status:
+            c.set_terminated(run.info.run_id, status)
     return outcomes
 
 
