@@ -247,6 +247,7 @@ class TuneConfig:
     reduction_factor: int = 2  # ASHA halving rate
     max_concurrent: int = 2  # trials at once
     seed: int = 0  # search seed
+    metric: Literal["val_mAP_mean", "val_mAP"] = "val_mAP_mean"  # what ASHA's rungs and the best trial are judged on: the mean held-out val_mAP of the epochs after the warm-up so far, or the epoch's own val_mAP (noisier: docs/tuning.md)
     gpus_per_trial: float = 0.0  # GPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (0.5: two trials share a GPU; needs train.use_gpu); 0: train.use_gpu decides (one GPU per worker, or none)
     cpus_per_trial: int = 0  # CPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (each worker's torch threads); 0: train.num_workers * train.cpus_per_worker
 

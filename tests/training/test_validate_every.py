@@ -21,7 +21,7 @@ from vireid.training.checkpoint import (
     read_model_file,
     selected_from_state,
 )
-from vireid.training.loop import Trainer
+from vireid.training.loop import VAL_MEAN, Trainer, running_val_mean
 from vireid.training.loop import training_summary as summarize
 from vireid.training.ray_train import write_history_csv
 
@@ -67,12 +67,17 @@ def test_validation_only_on_its_epochs_and_selection_among_them(
 
     # the history: validation columns in the validated epochs' records only
     assert [r["epoch"] for r in trainer.history] == list(range(1, epochs + 1))
+    warmup = cfg.train.warmup_epochs
     for r in trainer.history:
-        has_val = {k for k in ("val_mAP", "val_rank1", "val_v2i_mAP", "val_seconds") if k in r}
+        has_val = {k for k in ("val_mAP", "val_rank1", "val_v2i_mAP", "val_seconds", VAL_MEAN) if k in r}
         assert has_val == (set() if r["epoch"] not in validated else
-                           {"val_mAP", "val_rank1", "val_v2i_mAP", "val_seconds"}), r
+                           {"val_mAP", "val_rank1", "val_v2i_mAP", "val_seconds", VAL_MEAN}), r
         if r["epoch"] in validated:
             assert r["val_mAP"] == SCRIPTED_MAP[r["epoch"]] and 0.0 <= r["val_rank1"] <= 1.0
+            # the tune stage's judgment: mean val_mAP of the validated epochs after the warm-up
+            start = warmup if r["epoch"] > warmup else 0
+            window = [SCRIPTED_MAP[e] for e in validated if start < e <= r["epoch"]]
+            assert r[VAL_MEAN] == pytest.approx(sum(window) / len(window))
 
     # the selection, in the trainer ...
     assert trainer.best is not None and trainer.best.epoch == selected
@@ -89,7 +94,7 @@ def test_validation_only_on_its_epochs_and_selection_among_them(
     summary = summarize(state["history"], meta)
     assert summary["epochs"] == epochs and summary["selected_epoch"] == selected
     assert summary["val_metrics"] == next(
-        {k: v for k, v in r.items() if k.startswith("val_") and k != "val_seconds"}
+        {k: v for k, v in r.items() if k.startswith("val_") and k not in ("val_seconds", VAL_MEAN)}
         for r in trainer.history if r["epoch"] == selected)
 
     with write_history_csv(tmp_path / "history.csv", state["history"]).open(newline="") as fh:
@@ -98,3 +103,15 @@ def test_validation_only_on_its_epochs_and_selection_among_them(
     assert [int(r["epoch"]) for r in rows if r["val_mAP"] != ""] == validated
     assert {int(r["epoch"]): float(r["val_mAP"]) for r in rows if r["val_mAP"]} == \
         {e: SCRIPTED_MAP[e] for e in validated}
+
+
+def test_running_val_mean_counts_from_the_end_of_the_warm_up() -> None:
+    history = [{"epoch": 1, "val_mAP": 0.9}, {"epoch": 2, "val_mAP": 0.1}, {"epoch": 3},
+               {"epoch": 4, "val_mAP": 0.3}]
+    # during the warm-up (2 epochs): the warm-up epochs so far
+    assert running_val_mean(history[:1], 0.1, 2, warmup_epochs=2) == pytest.approx(0.5)
+    # after it: only epochs 3.. (3 was not validated), this epoch included
+    assert running_val_mean(history, 0.5, 5, warmup_epochs=2) == pytest.approx((0.3 + 0.5) / 2)
+    assert running_val_mean([], 0.7, 1, warmup_epochs=0) == 0.7
+    # a restored history that already holds later epochs (never in a live run) is not counted twice
+    assert running_val_mean(history, 0.3, 4, warmup_epochs=2) == pytest.approx(0.3)

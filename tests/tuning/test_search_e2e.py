@@ -78,9 +78,12 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], local
     assert summary["num_early_stopped"] == sum(r["early_stopped"] for r in rows)
     survivors = [r for r in rows if r["completed"]]
     assert survivors, "ASHA always lets at least the first trial reach max_t"
-    top = max(survivors, key=lambda r: r["final_val_mAP"])
+    # judged on tune.metric (the running mean of val_mAP after the warm-up), not the last val_mAP
+    assert summary["metric"] == cfg.tune.metric == "val_mAP_mean"
+    top = max(survivors, key=lambda r: r["final_score"])
     assert summary["best"]["trial_id"] == top["trial_id"]
     assert summary["best"]["val_mAP"] == top["final_val_mAP"]
+    assert summary["best"]["score"] == top["final_score"]
 
     # MLflow: one parent, a child per trial with S, T and per-epoch val_mAP
     c = client(target.tracking_uri)
@@ -100,6 +103,14 @@ def test_search_interrupted_then_resumed(tiny_search: tuple[Path, Config], local
         assert float(ch.data.params["temperature"]) == pytest.approx(r["temperature"])
         hist = c.get_metric_history(ch.info.run_id, "val_mAP")
         assert sorted({m.step for m in hist}) == list(range(1, r["epochs_run"] + 1))
+        # the judged metric reached Tune and MLflow each epoch: the running mean of val_mAP
+        # (warm-up 0 here), the trial's final score its last value
+        val = {m.step: m.value for m in hist}
+        means = {m.step: m.value for m in c.get_metric_history(ch.info.run_id, "val_mAP_mean")}
+        assert sorted(means) == sorted(val)
+        for e in val:
+            assert means[e] == pytest.approx(sum(val[i] for i in range(1, e + 1)) / e)
+        assert r["final_score"] == pytest.approx(means[r["epochs_run"]])
         # ended with its outcome, also when ASHA stopped it (run_trial never returned)
         assert ch.info.status == "FINISHED"
         assert ch.data.tags["vireid.trial_outcome"] == ("completed" if r["completed"] else "early_stopped")

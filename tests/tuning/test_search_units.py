@@ -56,10 +56,13 @@ def test_resources_and_rungs(tmp_path: Path) -> None:
     assert rung_epochs(tiny_config(tmp_path, epochs=8, grace_period=1, reduction_factor=2)) == [1, 2, 4]
 
 
-def _trial(tid: str, s: int, t: float, maps: list[float], error: str | None = None) -> dict:
+def _trial(tid: str, s: int, t: float, maps: list[float], error: str | None = None,
+           scores: list[float] | None = None) -> dict:
+    """A collected trial; ``scores`` (the judged metric per epoch) default to the mAPs."""
+    scores = maps if scores is None else scores
     return {"trial_id": tid, "memory_size": s, "temperature": t, "error": error,
-            "history": [{"epoch": i + 1, "val_mAP": v, "val_rank1": None, "loss": None}
-                        for i, v in enumerate(maps)]}
+            "history": [{"epoch": i + 1, "val_mAP": v, "score": sc, "val_rank1": None, "loss": None}
+                        for i, (v, sc) in enumerate(zip(maps, scores, strict=True))]}
 
 
 def test_summary_counts_and_picks_the_best_survivor(tmp_path: Path) -> None:
@@ -75,6 +78,37 @@ def test_summary_counts_and_picks_the_best_survivor(tmp_path: Path) -> None:
     assert best_params(s) == {"model": {"memory_size": 4}, "loss": {"temperature": 1.5}}
     rows = {r["trial_id"]: r for r in s["trials"]}
     assert rows["c"]["best_val_mAP"] == 0.35 and rows["c"]["final_val_mAP"] == 0.31
+
+
+def test_summary_judges_trials_on_the_configured_metric(tmp_path: Path) -> None:
+    """The best survivor is the one with the highest tune.metric at its last epoch: here the
+    running mean, which prefers steady a over c's lucky last epoch."""
+    cfg = tiny_config(tmp_path)
+    assert cfg.tune.metric == "val_mAP_mean"
+    trials = [_trial("a", 1, 2.0, [0.30, 0.30, 0.30], scores=[0.30, 0.30, 0.30]),
+              _trial("c", 4, 1.5, [0.10, 0.10, 0.40], scores=[0.10, 0.10, 0.20])]
+    s = summarize_search(cfg, trials, name="x", experiment_path="/x")
+    assert s["metric"] == "val_mAP_mean" and "val_mAP_mean" in s["best_rule"]
+    assert s["best"]["trial_id"] == "a" and s["best"]["score"] == 0.30 and s["best"]["val_mAP"] == 0.30
+    rows = {r["trial_id"]: r for r in s["trials"]}
+    assert rows["c"]["final_val_mAP"] == 0.40 and rows["c"]["final_score"] == 0.20
+    last = summarize_search(tiny_config(tmp_path, metric="val_mAP"),
+                            [_trial("a", 1, 2.0, [0.30, 0.30, 0.30]), _trial("c", 4, 1.5, [0.10, 0.10, 0.40])],
+                            name="x", experiment_path="/x")
+    assert last["best"]["trial_id"] == "c" and last["metric"] == "val_mAP"
+
+
+def test_tune_metric_is_checked_and_drives_asha(tmp_path: Path) -> None:
+    from vireid.config import replace
+    from vireid.tuning.space import judged_metric, scheduler
+
+    with pytest.raises(ConfigError, match="tune.metric"):
+        tiny_config(tmp_path, metric="val_rank1")
+    cfg = replace(tiny_config(tmp_path, epochs=4, grace_period=1), train={"warmup_epochs": 1, "epochs": 5})
+    assert judged_metric(cfg) == "val_mAP_mean" and scheduler(cfg).metric == "val_mAP_mean"
+    assert scheduler(tiny_config(tmp_path, metric="val_mAP")).metric == "val_mAP"
+    m = {"sha256_total": "abc"}  # a different judgment is a different search
+    assert experiment_name(cfg, m) != experiment_name(replace(cfg, tune={"metric": "val_mAP"}), m)
 
 
 def test_summary_without_any_metric_has_no_best(tmp_path: Path) -> None:
@@ -105,11 +139,11 @@ def test_asha_rungs_are_counted_after_the_warm_up(tmp_path: Path) -> None:
     for trial in (good, weak):
         asha.on_trial_add(None, trial)
     for epoch in (1, 2, 3):  # warm-up: the weak trial is far behind, and is not stopped
-        assert asha.on_trial_result(None, good, {"epoch": epoch, "val_mAP": 0.5}) == TrialScheduler.CONTINUE
-        assert asha.on_trial_result(None, weak, {"epoch": epoch, "val_mAP": 0.01}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, good, {"epoch": 4, "val_mAP": 0.6}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, weak, {"epoch": 4, "val_mAP": 0.1}) == TrialScheduler.STOP  # first rung
-    assert asha.on_trial_result(None, good, {"epoch": 7, "val_mAP": 0.7}) == TrialScheduler.STOP  # max_t: 3 + 4
+        assert asha.on_trial_result(None, good, {"epoch": epoch, "val_mAP_mean": 0.5}) == TrialScheduler.CONTINUE
+        assert asha.on_trial_result(None, weak, {"epoch": epoch, "val_mAP_mean": 0.01}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, good, {"epoch": 4, "val_mAP_mean": 0.6}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, weak, {"epoch": 4, "val_mAP_mean": 0.1}) == TrialScheduler.STOP  # first rung
+    assert asha.on_trial_result(None, good, {"epoch": 7, "val_mAP_mean": 0.7}) == TrialScheduler.STOP  # max_t: 3 + 4
 
 
 def test_fifo_runs_every_trial_to_the_end(tmp_path: Path) -> None:

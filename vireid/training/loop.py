@@ -286,6 +286,8 @@ class Trainer:
             metrics = validate(self.model, self.val_table, self.cfg, self.device)
             if self.rank == 0:
                 record.update(metrics, val_seconds=time.perf_counter() - t0)
+                record[VAL_MEAN] = running_val_mean(self.history, metrics["val_mAP"], self.epoch,
+                                                    self.cfg.train.warmup_epochs)
                 if self.best is None or metrics["val_mAP"] > self.best.metrics["val_mAP"]:
                     self.best = Best(self.epoch, metrics, cpu_state_dict(self.model))
         log.info("epoch %d/%d done: %s", self.epoch, self.cfg.train.epochs,
@@ -325,6 +327,21 @@ class Trainer:
         """Write the selected weights and metadata as a model file."""
         weights, meta = self.selected()
         return save_model(path, weights, meta)
+
+
+#: the running mean of ``val_mAP`` over the validated epochs after the warm-up (a trial's
+#: judgment in the tune stage, ``tune.metric``: less seed noise than the last epoch's figure,
+#: docs/tuning.md "Is the search signal above the noise?")
+VAL_MEAN = "val_mAP_mean"
+
+
+def running_val_mean(history: list[dict[str, Any]], val_map: float, epoch: int, warmup_epochs: int) -> float:
+    """Mean ``val_mAP`` of the validated epochs in ``history`` and of 1-based ``epoch`` (its
+    ``val_mAP``) counted from the first epoch after the warm-up; during the warm-up, of the
+    warm-up epochs so far (Tune wants the judged metric in every result; ASHA skips those)."""
+    start = warmup_epochs if epoch > warmup_epochs else 0
+    values = [float(r["val_mAP"]) for r in history if "val_mAP" in r and start < int(r["epoch"]) < epoch]
+    return (sum(values) + float(val_map)) / (len(values) + 1)
 
 
 def training_summary(history: list[dict[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:

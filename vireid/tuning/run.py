@@ -50,6 +50,7 @@ from vireid.tuning.space import (
     cpus_needed,
     experiment_name,
     gpus_per_worker,
+    judged_metric,
     scheduler,
     search_space,
     trial_config,
@@ -182,7 +183,7 @@ def run_search(
                     failure_config=ray.tune.FailureConfig(max_failures=cfg.train.max_failures)),
             )
         grid = tuner.fit()
-        trials = collect_trials(grid)
+        trials = collect_trials(grid, judged_metric(cfg))
         finished = grid.num_terminated + grid.num_errors
     if finished < cfg.tune.num_samples:
         raise SearchIncomplete(

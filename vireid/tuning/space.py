@@ -24,10 +24,16 @@ from vireid.config import Config, config_to_dict, replace
 log = logging.getLogger(__name__)
 
 
-METRIC = "val_mAP"
 TIME_ATTR = "epoch"
 #: ``tune`` keys that place the trials without changing what they compute
 RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial")
+
+
+def judged_metric(cfg: Config) -> str:
+    """The reported metric a trial is judged on (``tune.metric``): ``val_mAP_mean``, the mean
+    held-out ``val_mAP`` of the epochs after the warm-up so far (the trainer's record,
+    :data:`vireid.training.loop.VAL_MEAN`), or ``val_mAP``, the epoch's own."""
+    return cfg.tune.metric
 
 
 def trial_epochs(cfg: Config) -> int:
@@ -37,7 +43,7 @@ def trial_epochs(cfg: Config) -> int:
 
 def trial_config(cfg: Config, memory_size: int, temperature: float) -> Config:
     """``cfg`` with S and T set, :func:`trial_epochs` epochs, validation and a checkpoint every
-    epoch (ASHA reads ``val_mAP`` each epoch; a restarted trial continues from the last one),
+    epoch (ASHA reads :func:`judged_metric` each epoch; a restarted trial continues from the last one),
     and ``train.cpus_per_worker`` from ``tune.cpus_per_trial`` when that is set."""
     train: dict[str, Any] = {"epochs": trial_epochs(cfg), "validate_every": 1, "checkpoint_every": 1}
     if cfg.tune.cpus_per_trial:
@@ -120,12 +126,12 @@ class WarmupASHA(ASHAScheduler):
 
 
 def scheduler(cfg: Config) -> TrialScheduler:
-    """``tune.scheduler``: ``asha`` (:class:`WarmupASHA` on ``val_mAP``, max, ``epoch`` as
+    """``tune.scheduler``: ``asha`` (:class:`WarmupASHA` on :func:`judged_metric`, max, ``epoch`` as
     time counted after ``train.warmup_epochs``) or ``fifo`` (every trial runs to the end)."""
     t = cfg.tune
     if t.scheduler == "fifo":
         return FIFOScheduler()
-    return WarmupASHA(warmup_epochs=cfg.train.warmup_epochs, time_attr=TIME_ATTR, metric=METRIC,
+    return WarmupASHA(warmup_epochs=cfg.train.warmup_epochs, time_attr=TIME_ATTR, metric=judged_metric(cfg),
                       mode="max", max_t=t.epochs, grace_period=t.grace_period,
                       reduction_factor=t.reduction_factor)
 

@@ -139,6 +139,8 @@ def finish_parent(track: Tracking, summary: Mapping[str, Any], out_dir: str | Pa
                                        "trial_epochs_full", "trial_epochs_saved")}
     if summary["best"]:
         metrics["best_val_mAP"] = summary["best"]["val_mAP"]
+        if summary["best"].get("score") is not None:
+            metrics["best_score"] = summary["best"]["score"]  # tune.metric at the best trial's last epoch
         c.set_tag(track.parent_run_id, f"{TAG_BEST_PREFIX}memory_size", str(summary["best"]["memory_size"]))
         c.set_tag(track.parent_run_id, f"{TAG_BEST_PREFIX}temperature", repr(summary["best"]["temperature"]))
     for k, v in metrics.items():
