@@ -250,6 +250,7 @@ class TuneConfig:
     metric: Literal["val_mAP_mean", "val_mAP"] = "val_mAP_mean"  # what ASHA's rungs and the best trial are judged on: the mean held-out val_mAP of the epochs after the warm-up so far, or the epoch's own val_mAP (noisier: docs/tuning.md)
     gpus_per_trial: float = 0.0  # GPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (0.5: two trials share a GPU; needs train.use_gpu); 0: train.use_gpu decides (one GPU per worker, or none)
     cpus_per_trial: int = 0  # CPUs one trial's Ray Train workers reserve in all, split evenly over train.num_workers (each worker's torch threads); 0: train.num_workers * train.cpus_per_worker
+    driver_cpus: float = 1.0  # CPUs one trial's driver (the Tune function trainable that runs its TorchTrainer) reserves, on top of cpus_per_trial
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
@@ -265,6 +266,8 @@ class TuneConfig:
                f"must be >= 0 (0.5: two trials share a GPU), got {self.gpus_per_trial}")
         _check(self.cpus_per_trial >= 0, "tune.cpus_per_trial",
                f"must be >= 0 (0: train.num_workers * train.cpus_per_worker), got {self.cpus_per_trial}")
+        _check(math.isfinite(self.driver_cpus) and self.driver_cpus >= 1e-4, "tune.driver_cpus",
+               f"must be >= 0.0001 (Ray's resolution; a trial's driver needs a share of a CPU), got {self.driver_cpus}")
 
 
 METRIC_NAMES: tuple[str, ...] = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # = vireid.evaluation.metrics

@@ -3,10 +3,12 @@
 As in test_cluster_pipeline: the second node runs in its own mount namespace (``unshare -m``)
 with an empty tmpfs over the repository and over every folder pytest made, the stage keeps
 the staged shards, the trials' checkpoints and the Tune state on a real S3 server
-(``train.storage: s3://...``) and logs to a real ``mlflow server``. ``python -m
-pipelines.tune`` is run as a user runs it, joining the cluster by ``train.ray_address``.
+(``train.storage: s3://...``) and logs to a real ``mlflow server``. The stage is run as a
+user runs it: the test's project is a git + DVC repository with the code, ``dvc.yaml`` and a
+``params.yaml``; ``dvc repro prepare`` makes the shards (synth, prepare), then ``dvc repro
+tune`` runs ``python -m pipelines.tune``, which joins the cluster by ``train.ray_address``.
 
-Placement: each node offers 3 CPUs, a trial's driver reserves 2 (``--driver-cpus 2``) and
+Placement: each node offers 3 CPUs, a trial's driver reserves 2 (``tune.driver_cpus: 2``) and
 its one Train worker 1 (``tune.cpus_per_trial: 1``), so two trials at once
 (``tune.max_concurrent: 2``) can only run with one driver and one worker on each node: the
 test asserts that two trials overlapped in time with their drivers and their workers on
@@ -30,6 +32,7 @@ minute); the second about 10 min (two searches of 3 trials, one interrupted twic
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -53,10 +57,8 @@ from tests.infra.raycluster_local import LocalRayCluster
 from tests.infra.s3_server import SeaweedS3, make_bucket
 from tests.tuning.conftest import SYNTH, tiny_config
 from vireid.config import config_to_dict, replace
-from vireid.data.prepare import prepare
 from vireid.data.shards import ShardSet
 from vireid.data.staging import shard_key
-from vireid.data.synthetic import generate_sysu
 from vireid.ray_session import ray_storage
 from vireid.tracking.tags import TAG_RAY_NODES, TAG_TRIAL_NODES
 from vireid.tuning.space import experiment_name, rung_epochs
@@ -66,8 +68,39 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 BUCKET = "vireid-cluster-tune"
 TRIALS = 4
-#: the stage as a user runs it; a trial's driver reserves 2 CPUs (see the module's docstring)
-STAGE = [sys.executable, "-m", "pipelines.tune", "--shards", "data/shards", "--driver-cpus", "2"]
+#: the stage's command without DVC, for a search with another parameters file (the reference)
+STAGE = [sys.executable, "-m", "pipelines.tune", "--shards", "data/shards"]
+#: the project's synthetic tree, relative: the synth stage's output inside the repository
+RAW = Path("data/raw/SYSU-MM01")
+
+
+def _dvc_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a ``dvc`` command: this interpreter's folder first on PATH (the stages'
+    ``python``), no analytics, a git identity."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.environ['PATH'])}",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
+
+
+def _dvc(project: Path, *args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``project`` (output captured; the caller checks the return code)."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=_dvc_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _dvc_project(project: Path, cfg) -> Path:
+    """A user's checkout: the code, ``dvc.yaml`` and ``cfg`` as ``params.yaml`` in a git + DVC
+    repository, its shards made by ``dvc repro prepare``. Returns the shard directory."""
+    for name in ("pipelines", "vireid"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    (project / "params.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)), encoding="utf-8")
+    env = dict(os.environ)
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=project, env=_dvc_env(env), check=True, capture_output=True, timeout=120)
+    proc = _dvc(project, "repro", "prepare", env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return project / "data" / "shards"
 
 
 @pytest.fixture
@@ -79,23 +112,22 @@ def s3(s3_server: SeaweedS3) -> SeaweedS3:
 
 def _two_nodes(cluster: LocalRayCluster, s3: SeaweedS3, mlflow_server: str, tmp_path: Path,
                tmp_path_factory: pytest.TempPathFactory, **tune: object):
-    """A generated project with prepared shards and its config (the tiny search of
-    tests/tuning with ``tune``, two trials at a time, one CPU per trial's worker; storage in
-    the bucket, the MLflow server), and a cluster of the head and one isolated node of 3
-    CPUs each. Returns ``(project, cfg, shards, node ids, (hide, keep))``."""
+    """A user's project (:func:`_dvc_project`) with the tiny search of tests/tuning with
+    ``tune`` (two trials at a time, a trial's driver 2 CPUs and its worker 1; storage in the
+    bucket, the MLflow server), and a cluster of the head and one isolated node of 3 CPUs
+    each. Returns ``(project, cfg, shards, node ids, (hide, keep))``."""
     project = tmp_path / "project"
-    root = generate_sysu(project / "data" / "raw" / "SYSU-MM01", SYNTH)
-    cfg = tiny_config(root, max_concurrent=2, epochs=3, cpus_per_trial=1, **tune)
-    shards = prepare(cfg.data, project / "data" / "shards")
+    cfg = tiny_config(RAW, max_concurrent=2, epochs=3, cpus_per_trial=1, driver_cpus=2.0, **tune)
+    assert cfg.data.synth == SYNTH
     cfg = replace(cfg, train={"ray_address": cluster.address, "storage": f"s3://{BUCKET}/team", "max_failures": 2},
                   track={"tracking_uri": mlflow_server, "experiment": "tune-cluster"})
+    shards = _dvc_project(project, cfg)
     hide, keep = isolation(cluster, tmp_path_factory)
     cluster.start_head({"node_head": 1}, num_cpus=3, dashboard=True)
     cluster.add_isolated_node({"node_worker": 1}, hide=hide, keep=keep, num_cpus=3)
     nodes = {n["NodeID"] for n in cluster.wait_for_nodes(2)}
     assert len(nodes) == 2
     # the isolated node sees neither the project nor the head's copy of the repository
-    (project / "params.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)), encoding="utf-8")
     assert_isolated(cluster, [project / "params.yaml", shards / "manifest.json", REPO / "params.yaml"])
     return project, cfg, shards, nodes, (hide, keep)
 
@@ -121,13 +153,19 @@ def test_tune_stage_across_nodes_two_trials_at_once_state_on_s3(
     # RAY_DEDUP_LOGS=0: every worker's "copied shards" line reaches the driver's output
     env = {**stage_env(cluster, s3), "RAY_DEDUP_LOGS": "0"}
     try:
-        proc = subprocess.run([*STAGE, "--params", "params.yaml", "--out", "outputs/tune"],
-                              cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+        proc = _dvc(project, "repro", "tune", env=env, timeout=1200)
     finally:
         shutil.rmtree(SHARD_CACHE / key, ignore_errors=True)  # the head node's copy
     output = proc.stdout + proc.stderr
     (tmp_path / "tune.log").write_text(output)
     assert proc.returncode == 0, output[-6000:]
+    assert "Running stage 'tune'" in output and "Running stage 'prepare'" not in output, output[-3000:]
+    # DVC recorded the stage: its outputs are in dvc.lock and the pipeline is up to date
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert {o["path"] for o in lock["stages"]["tune"]["outs"]} == {
+        "outputs/tune/best_params.yaml", "outputs/tune/summary.json", "outputs/tune/tune.png"}
+    status = _dvc(project, "status", "tune", env=env)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
 
     out = project / "outputs" / "tune"
     summary = json.loads((out / "summary.json").read_text())
@@ -204,13 +242,27 @@ def _wait(what: str, probe, driver: subprocess.Popen, log: Path, timeout: float 
         time.sleep(0.5)
 
 
+def _stage_process(dvc_pid: int) -> psutil.Process:
+    """The ``python -m pipelines.tune`` process that ``dvc repro`` (``dvc_pid``) started."""
+    procs = [p for p in psutil.Process(dvc_pid).children(recursive=True)
+             if p.cmdline()[1:3] == ["-m", "pipelines.tune"]]
+    assert len(procs) == 1, [p.cmdline() for p in psutil.Process(dvc_pid).children(recursive=True)]
+    return procs[0]
+
+
 def _terminated(fs, experiment: str) -> set[str]:
-    """The trials that Tune's latest state in the bucket records as finished."""
+    """The trials that Tune's latest state in the bucket records as finished (none while the
+    state is being uploaded: SeaweedFS can serve an object whose upload is under way, cut
+    short, to a concurrent reader; the caller polls again)."""
     states = sorted(p for p in listing(fs, experiment) if re.fullmatch(r".*/experiment_state-.*\.json", p))
     if not states:
         return set()
     with fs.open_input_stream(states[-1]) as fh:
-        state = json.loads(fh.read())
+        text = fh.read()
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError:
+        return set()
     trials = [json.loads(trial) for trial, _ in state["trial_data"]]
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
@@ -228,7 +280,10 @@ def test_tune_stage_survives_a_lost_node_and_a_killed_driver(
     bucket records a finished trial, the stage's driver is SIGKILLed, and the stage is run
     again. Asserted: the rerun restores the experiment, does not run the finished trials
     again, every trial's epochs were each reported once (none trained twice), the trial hit
-    by the node loss resumed on another node, and the best trial is the reference's."""
+    by the node loss resumed on another node, and the best trial is the reference's. The
+    search under test runs as ``dvc repro tune`` (the driver killed is the stage's ``python -m
+    pipelines.tune``, DVC reports the stage failed, and ``dvc repro tune`` is run again); the
+    reference, with its own parameters file, runs the stage's command directly."""
     skip_unless_root()
     project, cfg, shards, nodes, (hide, keep) = _two_nodes(cluster, s3, mlflow_server, tmp_path, tmp_path_factory,
                                                            num_samples=3, scheduler="fifo")
@@ -268,8 +323,8 @@ def test_tune_stage_survives_a_lost_node_and_a_killed_driver(
     with log.open("wb") as out:
         # Tune saves its state every 2 s (default: adaptive, 10 s and more), so that a
         # finished trial is in the bucket before the search ends
-        driver = subprocess.Popen([*STAGE, "--params", "params.yaml", "--out", "outputs/tune"], cwd=project,
-                                  env={**env, "TUNE_GLOBAL_CHECKPOINT_S": "2"}, stdout=out,
+        driver = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "tune"], cwd=project,
+                                  env=_dvc_env({**env, "TUNE_GLOBAL_CHECKPOINT_S": "2"}), stdout=out,
                                   stderr=subprocess.STDOUT)
         try:
             # (b) the node of a running trial's worker is lost at once, after the trial's first
@@ -280,16 +335,17 @@ def test_tune_stage_survives_a_lost_node_and_a_killed_driver(
             # (a) the driver is killed once a trial is finished in Tune's saved state, not all
             done = _wait("a finished trial in Tune's saved state",
                          lambda: (lambda t: t if 0 < len(t) < 3 else None)(_terminated(fs, experiment)), driver, log)
-            driver.kill()  # SIGKILL
-            assert driver.wait(timeout=60) == -9
+            stage = _stage_process(driver.pid)
+            stage.kill()  # SIGKILL
+            assert driver.wait(timeout=120) != 0  # DVC: the stage failed
+            assert not stage.is_running()
             starts = {t: r.data.metrics["trial_starts"] for t, r in trial_runs().items()}
         finally:
             if driver.poll() is None:
                 driver.kill()
     assert not (project / "outputs" / "tune" / "summary.json").exists()
 
-    rerun = subprocess.run([*STAGE, "--params", "params.yaml", "--out", "outputs/tune"], cwd=project, env=env,
-                           capture_output=True, text=True, timeout=1200)
+    rerun = _dvc(project, "repro", "tune", env=env, timeout=1200)
     output = rerun.stdout + rerun.stderr
     (tmp_path / "rerun.log").write_text(output)
     assert rerun.returncode == 0, output[-6000:]

@@ -51,7 +51,7 @@ def test_experiment_name_follows_the_inputs(tmp_path: Path) -> None:
 
 def test_resources_and_rungs(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, max_concurrent=2)
-    assert cpus_needed(cfg, driver_cpus=1.0) == 2 * (1 + 1 * 1)
+    assert cpus_needed(cfg) == 2 * (1 + 1 * 1)
     assert rung_epochs(tiny_config(tmp_path)) == [1, 2]
     assert rung_epochs(tiny_config(tmp_path, epochs=8, grace_period=1, reduction_factor=2)) == [1, 2, 4]
 

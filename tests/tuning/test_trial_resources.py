@@ -73,8 +73,9 @@ def test_gpus_and_cpus_per_trial_are_split_over_the_workers(tmp_path: Path,
     assert use_gpu and per_worker == {"CPU": 2, "GPU": 0.5}
     assert total["GPU"] == 2.0 and total["CPU"] == 8
     assert trial_config(cfg, 2, 2.0).train.cpus_per_worker == 2  # the workers' torch threads too
-    assert trial_resources(cfg, driver_cpus=1.0) == {"CPU": 9.0, "GPU": 2.0}
-    assert cpus_needed(replace(cfg, tune={"max_concurrent": 3}), driver_cpus=0.5) == 3 * 8.5
+    assert trial_resources(cfg) == {"CPU": 9.0, "GPU": 2.0}
+    assert trial_resources(replace(cfg, tune={"driver_cpus": 2.0})) == {"CPU": 10.0, "GPU": 2.0}
+    assert cpus_needed(replace(cfg, tune={"max_concurrent": 3, "driver_cpus": 0.5})) == 3 * 8.5
 
 
 def test_zero_keeps_the_train_stage_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,6 +105,8 @@ def test_zero_keeps_the_train_stage_layout(tmp_path: Path, monkeypatch: pytest.M
     ({}, {"cpus_per_trial": 1.5}, r"tune\.cpus_per_trial"),
     ({"num_workers": 2}, {"cpus_per_trial": 3}, r"tune\.cpus_per_trial: 3 CPUs do not split evenly over "
                                                 r"train\.num_workers: 2"),
+    ({}, {"driver_cpus": 0}, r"tune\.driver_cpus: must be >= 0\.0001"),
+    ({}, {"driver_cpus": float("inf")}, r"tune\.driver_cpus"),
 ])
 def test_bad_trial_resources_name_the_key(tmp_path: Path, train: dict, tune: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -127,4 +130,5 @@ def test_resources_do_not_rename_the_experiment(tmp_path: Path) -> None:
     base = _config(tmp_path, train={"use_gpu": True})
     assert experiment_name(base, m) == experiment_name(replace(base, tune={"gpus_per_trial": 0.5}), m)
     assert experiment_name(base, m) == experiment_name(replace(base, tune={"cpus_per_trial": 4}), m)
+    assert experiment_name(base, m) == experiment_name(replace(base, tune={"driver_cpus": 2.0}), m)
     assert experiment_name(base, m) != experiment_name(replace(base, tune={"seed": 1}), m)

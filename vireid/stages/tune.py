@@ -48,8 +48,6 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     parser = stage_parser(__doc__)
     parser.add_argument("--shards", default="data/shards", help="prepared shard directory")
     parser.add_argument("--out", default="outputs/tune", help="output directory")
-    parser.add_argument("--driver-cpus", type=float, default=1.0,
-                        help="CPUs each trial's driver (the Tune function trainable) reserves")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.params)
@@ -64,7 +62,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         weights, cfg.train.ray_address,
         *ray_storage(storage_location(cfg.train.storage, Path.cwd(), "weights"), os.environ))
     summary = run_search(cfg, Path(args.shards), storage, Path(args.out), storage_filesystem=filesystem,
-                         tracking=resolve_target(cfg.track, Path.cwd()), driver_cpus=args.driver_cpus,
+                         tracking=resolve_target(cfg.track, Path.cwd()),
                          shards_at=shards_at, weights_at=weights_at)
     best = summary["best"]
     log.info("tune: %d trials, %d stopped early by ASHA, %d of %d trial-epochs used; best S=%s "

@@ -4,7 +4,7 @@ Each trial is a Ray Train run: a Tune *function trainable* builds a ``TorchTrain
 :func:`vireid.training.ray_train.build_trainer` for the trial's configuration and passes
 ``TuneReportCallback`` so that every epoch's ``ray.train.report`` (``epoch``, ``val_mAP``...)
 reaches Tune (the Ray Train V2 pattern, docs "Hyperparameter Tuning with Ray Tune"). A Tune
-trial reserves ``driver_cpus`` for this driver function; its Train workers reserve their own
+trial reserves ``tune.driver_cpus`` for this driver function; its Train workers reserve their own
 resources in a separate placement group: ``tune.cpus_per_trial`` CPUs and
 ``tune.gpus_per_trial`` GPUs split evenly over ``train.num_workers`` (0: the train stage's
 ``train.cpus_per_worker`` each, and one GPU each with ``train.use_gpu``), so a cluster runs
@@ -116,7 +116,6 @@ def run_search(
     *,
     tracking: TrackingTarget | None = None,
     name: str | None = None,
-    driver_cpus: float = 1.0,
     callbacks: Sequence[ray.tune.Callback] = (),
     object_store_mb: int = 256,
     storage_filesystem: Any = None,
@@ -149,7 +148,7 @@ def run_search(
     manifest = ShardSet(shards_dir).manifest
     name = name or experiment_name(cfg, manifest)
     exp_path = f"{storage}/{name}"
-    with ray_session(cfg.train.ray_address, num_cpus=math.ceil(cpus_needed(cfg, driver_cpus)),
+    with ray_session(cfg.train.ray_address, num_cpus=math.ceil(cpus_needed(cfg)),
                      num_gpus=gpus, object_store_mb=object_store_mb):
         if tracking is not None:
             check_reachable_from_nodes(tracking.tracking_uri, alive_nodes())
@@ -159,7 +158,7 @@ def run_search(
                 run_trial, base=config_to_dict(cfg), shards=shards_at or ShardSource(str(shards_dir)),
                 train_storage=f"{exp_path}/train", storage_filesystem=storage_filesystem, weights=weights_at,
                 tracking=None if track is None else track.__dict__.copy()),
-            {"cpu": driver_cpus})
+            {"cpu": cfg.tune.driver_cpus})
         if ray.tune.Tuner.can_restore(exp_path, storage_filesystem=storage_filesystem):
             log.info("resuming Tune experiment %s", exp_path)
             tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 TIME_ATTR = "epoch"
 #: ``tune`` keys that place the trials without changing what they compute
-RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial")
+RESOURCE_KEYS = ("gpus_per_trial", "cpus_per_trial", "driver_cpus")
 
 
 def judged_metric(cfg: Config) -> str:
@@ -59,13 +59,13 @@ def gpus_per_worker(cfg: Config) -> float | None:
     return cfg.tune.gpus_per_trial / cfg.train.num_workers if cfg.tune.gpus_per_trial else None
 
 
-def trial_resources(cfg: Config, driver_cpus: float = 1.0) -> dict[str, float]:
+def trial_resources(cfg: Config) -> dict[str, float]:
     """What one trial reserves on the cluster: ``CPU`` (its driver, the Tune function
-    trainable, plus its Train workers) and ``GPU`` (its Train workers)."""
+    trainable, ``tune.driver_cpus``, plus its Train workers) and ``GPU`` (its Train workers)."""
     t = cfg.train
     cpus = cfg.tune.cpus_per_trial or t.num_workers * t.cpus_per_worker
     gpus = cfg.tune.gpus_per_trial or (float(t.num_workers) if t.use_gpu else 0.0)
-    return {"CPU": driver_cpus + cpus, "GPU": gpus}
+    return {"CPU": cfg.tune.driver_cpus + cpus, "GPU": gpus}
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def experiment_name(cfg: Config, manifest: Mapping[str, Any]) -> str:
     """``tune-<hash>`` of everything the search's results depend on (all sections but
     ``eval`` and ``track``, and the shards' checksum): the same inputs, the same
     experiment (resumed); changed inputs, a fresh one. The trials' resources
-    (``tune.gpus_per_trial``, ``tune.cpus_per_trial``, :data:`RESOURCE_KEYS`) are left out:
+    (``tune.gpus_per_trial``, ``tune.cpus_per_trial``, ``tune.driver_cpus``: :data:`RESOURCE_KEYS`) are left out:
     a search resumed on other hardware is the same search."""
     plain = config_to_dict(cfg)
     key = {k: plain[k] for k in ("data", "model", "loss", "train", "tune")}
@@ -91,10 +91,10 @@ def experiment_name(cfg: Config, manifest: Mapping[str, Any]) -> str:
     return f"tune-{digest[:12]}"
 
 
-def cpus_needed(cfg: Config, driver_cpus: float = 1.0) -> float:
+def cpus_needed(cfg: Config) -> float:
     """Logical CPUs for ``tune.max_concurrent`` trials: each trial's driver plus its Train
     workers (:func:`trial_resources`)."""
-    return cfg.tune.max_concurrent * trial_resources(cfg, driver_cpus)["CPU"]
+    return cfg.tune.max_concurrent * trial_resources(cfg)["CPU"]
 
 
 class WarmupASHA(ASHAScheduler):
