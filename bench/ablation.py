@@ -197,6 +197,50 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "results": {n: sorted(results[n], key=lambda r: r["seed"]) for n in order}}
 
 
+def selected_val(run: dict[str, Any]) -> float:
+    """The held-out validation mAP (infrared query -> visible gallery: cross-modality) at the
+    run's selected epoch, as a fraction."""
+    return next(c["val_mAP"] for c in run["curve"] if c["epoch"] == run["selected_epoch"])
+
+
+def pooled_pairs(parts: dict[str, dict[str, Any]], name: str, base: str = "baseline") -> list[dict[str, Any]]:
+    """The (``base``, ``name``) pairs of every result file in ``parts`` (label -> file's data),
+    one per (shards, training seed) that both configurations ran: the registered comparison
+    pools pairs over generator seeds (draws). A pair found in two files is counted once."""
+    pairs: dict[tuple[str, int], dict[str, Any]] = {}
+    for label, data in parts.items():
+        ours = {r["seed"]: r for r in data["results"].get(name, [])}
+        for b in data["results"].get(base, []):
+            if b["seed"] not in ours or (data["shards_sha256"], b["seed"]) in pairs:
+                continue
+            o = ours[b["seed"]]
+            pairs[(data["shards_sha256"], b["seed"])] = {
+                "draw": label, "seed": b["seed"],
+                **{f"{w}_{m}": (b[w][m], o[w][m]) for w in ("selected", "last") for m in METRICS},
+                "val_mAP": (selected_val(b), selected_val(o))}
+    return list(pairs.values())
+
+
+def pooled_report(pairs: list[dict[str, Any]], name: str, base: str = "baseline") -> str:
+    """Per pair and pooled: the paired differences ``name - base`` with 95 % CIs (Student t over
+    the pairs) of test mAP / Rank-1 (selected and last epoch) and the selected epoch's held-out
+    cross-modality validation mAP."""
+    lines = [f"| draw | seed | {base} mAP | {name} mAP | Δ mAP | Δ Rank-1 | held-out val_mAP {base} / {name} "
+             "| Δ mAP, last epoch |", "|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        (b, o), (br, orr), (bl, ol), (bv, ov) = p["selected_mAP"], p["selected_rank1"], p["last_mAP"], p["val_mAP"]
+        lines.append(f"| {p['draw']} | {p['seed']} | {b:.2f} | {o:.2f} | {o - b:+.2f} | {orr - br:+.2f} "
+                     f"| {bv:.3f} / {ov:.3f} | {ol - bl:+.2f} |")
+    lines.append("")
+    for key, label, fmt in (("selected_mAP", "test mAP, selected epoch", "+.2f"),
+                            ("selected_rank1", "test Rank-1, selected epoch", "+.2f"),
+                            ("last_mAP", "test mAP, last epoch", "+.2f"),
+                            ("val_mAP", "held-out cross-modality val_mAP, selected epoch", "+.3f")):
+        mean, lo, hi = paired_ci(np.array([o - b for b, o in (p[key] for p in pairs)]))
+        lines.append(f"- Δ {label}: {mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}] over {len(pairs)} pairs")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -214,7 +258,14 @@ def main() -> None:
     ap.add_argument("--plot", default="", help="PNG of the validation curves")
     ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
                     help="only combine result files of parallel runs (same shards) into --json and report")
+    ap.add_argument("--pool", nargs="*", default=[], metavar="LABEL=JSON",
+                    help="only report the pairs of configuration --configs[0] and the baseline pooled over "
+                         "result files of several draws, with paired 95 %% CIs")
     args = ap.parse_args()
+    if args.pool:
+        parts = {label: json.loads(Path(f).read_text()) for label, f in (x.split("=", 1) for x in args.pool)}
+        print(pooled_report(pooled_pairs(parts, args.configs[0]), args.configs[0]))
+        return
     if args.merge:
         merged = merge_results([json.loads(Path(f).read_text()) for f in args.merge])
         if args.json:
