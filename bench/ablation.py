@@ -263,6 +263,9 @@ def main() -> None:
                          "result files of several draws, with paired 95 %% CIs")
     args = ap.parse_args()
     if args.pool:
+        bad = [x for x in args.pool if "=" not in x or not x.split("=", 1)[0]]
+        if bad:
+            ap.error(f"--pool takes LABEL=JSON (the label names the draw in the table), got {bad}")
         parts = {label: json.loads(Path(f).read_text()) for label, f in (x.split("=", 1) for x in args.pool)}
         print(pooled_report(pooled_pairs(parts, args.configs[0]), args.configs[0]))
         return

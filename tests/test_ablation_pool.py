@@ -3,26 +3,14 @@ on result files whose answer is known."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ablation.py"
+from tests._bench import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ablation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ab = _load()
+ab = load_bench("ablation")
 
 
 def _run(seed: int, m_ap: float, val: float) -> dict:
@@ -55,3 +43,10 @@ def test_pairs_across_draws_are_matched_by_shards_and_seed_and_counted_once() ->
 def test_paired_ci_of_a_single_pair_has_no_interval() -> None:
     mean, lo, hi = ab.paired_ci(__import__("numpy").array([1.5]))
     assert mean == pytest.approx(1.5) and lo != lo and hi != hi  # NaN
+
+
+def test_pool_without_a_label_names_the_argument() -> None:
+    proc = subprocess.run([sys.executable, str(ab.__file__), "--pool", "draw1.json"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "--pool takes LABEL=JSON" in proc.stderr and "draw1.json" in proc.stderr

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests._bench import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "bench" / "run_all.py"
 DOCS = (REPO / "docs" / "benchmarks.md", REPO / "docs" / "method.md")
 
 
-def load_runner() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run_all", RUNNER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-run_all = load_runner()
+run_all = load_bench("run_all")
 
 
 def documented_commands() -> list[tuple[dict[str, str], list[str]]]:

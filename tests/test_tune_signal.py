@@ -3,27 +3,13 @@ resolvable difference on values whose answer is known."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "tune_signal.py"
+from tests._bench import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_tune_signal", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ts = _load()
+ts = load_bench("tune_signal")
 
 
 def test_configurations_far_apart_give_a_large_f_and_full_agreement() -> None:
