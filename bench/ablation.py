@@ -14,6 +14,10 @@ over seeds), the chance level of the same protocol, and every run's validation c
 ``--shards DIR`` reuses prepared shards (else the tree of ``params.yaml``'s ``data.synth`` is
 generated and prepared in a temporary folder). With ``--json`` every finished run is written
 at once, and a rerun with the same file skips the runs it already holds (resumable).
+``--keep DIR`` keeps what a later measurement needs: the prepared shards (``DIR/shards``,
+reused by a rerun with the same ``DIR``) and every run's selected model file
+(``DIR/<configuration>-seed<N>.pt``, its training config in its metadata), e.g. for
+``bench/loss_gradients.py --shards DIR/shards --model DIR/a+b+c+e-seed4.pt``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -91,6 +97,24 @@ def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict
         metrics = evaluate(cfg, path, shards, work / f"eval-{name}", device)
         out[name] = {x: float(metrics[f"{key}/{x}"]) for x in METRICS}
     return out
+
+
+def kept_model_path(keep: Path, name: str, seed: int) -> Path:
+    """Where ``--keep`` puts a run's selected model: the configuration's name with every run of
+    characters other than letters, digits, ``+``, ``.`` and ``-`` made one ``_``."""
+    slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", name).strip("_")
+    return keep / f"{slug}-seed{seed}.pt"
+
+
+def keep_model(run_dir: Path, keep: Path, name: str, seed: int) -> Path:
+    """Copy a finished run's ``selected.pt`` (written by :func:`run_one`) to
+    :func:`kept_model_path`, through a temporary name (never a half-copied file)."""
+    dest = kept_model_path(keep, name, seed)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(run_dir / "selected.pt", tmp)
+    tmp.replace(dest)
+    return dest
 
 
 def chance_level(cfg: Config, shards: Path, draws: int = 10) -> dict[str, float]:
@@ -256,6 +280,8 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=-1, help="override train.loader_workers")
     ap.add_argument("--json", default="", help="results file; runs it already holds are skipped")
     ap.add_argument("--plot", default="", help="PNG of the validation curves")
+    ap.add_argument("--keep", default="", metavar="DIR",
+                    help="keep the prepared shards (DIR/shards) and each run's selected model file in DIR")
     ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
                     help="only combine result files of parallel runs (same shards) into --json and report")
     ap.add_argument("--pool", nargs="*", default=[], metavar="LABEL=JSON",
@@ -298,8 +324,9 @@ def main() -> None:
         results.setdefault(name, [])
     with tempfile.TemporaryDirectory(prefix="ablation-") as tmp:
         root = Path(tmp)
-        shards = Path(args.shards) if args.shards else root / "shards"
-        if not args.shards:
+        keep = Path(args.keep) if args.keep else None
+        shards = Path(args.shards) if args.shards else (keep or root) / "shards"
+        if not args.shards and not (shards / "manifest.json").exists():
             generate_sysu(root / "SYSU-MM01", base.data.synth)
             prepare(replace(base, data={"root": str(root / "SYSU-MM01")}).data, shards)
         chance = chance_level(base, shards)
@@ -314,8 +341,11 @@ def main() -> None:
                     continue
                 cfg = replace(base, train={"seed": seed}, **CONFIGS[name])  # type: ignore[arg-type]
                 t0 = time.perf_counter()
-                r = run_one(cfg, shards, root / f"run-{name.replace(' ', '')}-{seed}", device)
+                run_dir = root / f"run-{name.replace(' ', '')}-{seed}"
+                r = run_one(cfg, shards, run_dir, device)
                 r.update(seed=seed, seconds=time.perf_counter() - t0)
+                if keep:
+                    r["model_file"] = str(keep_model(run_dir, keep, name, seed))
                 results[name].append(r)
                 print(json.dumps({"config": name, "seed": seed, "selected_epoch": r["selected_epoch"],
                                   "selected": r["selected"], "last": r["last"],

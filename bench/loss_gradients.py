@@ -19,7 +19,10 @@ tell a modality gap from a lack of identity features.
         --json bench/results/loss_gradients_cpu.json
 
 ``--model outputs/train/model.pt`` measures a trained model (the train stage's selected
-weights, memory included) once instead of training.
+weights, memory included) once instead of training, under the ``model`` and ``loss`` settings
+it was trained with (its metadata's config; ``--params`` gives the rest), every term on
+(``kd`` and ``infer`` included where ``loss.distill_start`` delayed them): a model kept by
+``bench/ablation.py --keep`` is measured as its configuration trains, not as params.yaml's.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vireid.config import config_from_dict, replace  # noqa: E402
+from vireid.config import Config, config_from_dict, replace  # noqa: E402
 from vireid.data.sample import Modality  # noqa: E402
 from vireid.evaluation.extract import table_features  # noqa: E402
 from vireid.evaluation.metrics import evaluate_features  # noqa: E402
@@ -97,6 +100,15 @@ def same_modality_map(trainer: Trainer) -> float:
     return total / max(n, 1)
 
 
+def trained_config(cfg: Config, meta: dict[str, Any]) -> Config:
+    """``cfg`` with the ``model`` and ``loss`` sections a model file was trained with (its
+    metadata's ``config``), so each loss term is the one that trained it; ``cfg`` unchanged
+    for a file without a config."""
+    trained = meta.get("config") or {}
+    sections = {k: trained[k] for k in ("model", "loss") if k in trained}
+    return replace(cfg, **sections) if sections else cfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -111,15 +123,18 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     cfg = config_from_dict(yaml.safe_load(Path(args.params).read_text()))
+    model_file = read_model_file(args.model) if args.model else None
+    if model_file is not None:
+        cfg = trained_config(cfg, model_file["meta"])
     cfg = replace(cfg, train={"seed": args.seed, "epochs": max(max(args.at), 1)})
     trainer = Trainer(cfg, args.shards)
     trainer.sampler.set_epoch(10_000)  # fixed measurement batches, not the training draw
     batches = [b for _, b in zip(range(args.batches), trainer.loader, strict=False)]
     rows: list[dict[str, Any]] = []
-    if args.model:
-        obj = read_model_file(args.model)
-        trainer.model.load_state_dict(obj["model"])
-        row = {"epoch": obj["meta"].get("selected_epoch"), "model": args.model,
+    if model_file is not None:
+        trainer.model.load_state_dict(model_file["model"])
+        trainer.task.late_terms = True  # a trained model: every term, as at the end of training
+        row = {"epoch": model_file["meta"].get("selected_epoch"), "model": args.model,
                "val_mAP": validate(trainer.model, trainer.val_table, cfg, trainer.device)["val_mAP"],
                "same_modality_mAP": same_modality_map(trainer), "terms": term_gradients(trainer, batches)}
         rows.append(row)
