@@ -36,10 +36,11 @@ run: setup
 # takes the remaining tests one by one as it frees up. tests/conftest.py also sets the variables
 # exported here, so a test file run alone (uv run pytest tests/...) behaves the same.
 # The tests marked long (over 5 minutes each: the tune stage's node loss and killed driver on a
-# two-node cluster) are left to make test-long, to keep make test near 20 minutes.
+# two-node cluster) are left to make test-long, to keep make test near 20 minutes. --durations
+# prints the 25 slowest tests (setup and call), where the suite's time goes.
 test: setup
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen pytest -q -n 2 --dist loadgroup -m "not long"
+	$(UV) run --frozen pytest -q -n 2 --dist loadgroup -m "not long" --durations=25
 
 test-long: setup
 	$(UV) run --frozen pytest -q -m long
