@@ -70,10 +70,16 @@ READINGS: dict[str, dict[str, dict[str, object]]] = {
     "e: distillation from 30 %": {"model": _FULL, "loss": {"distill": True, "distill_start": 0.3}},
     "a+b+c+e": {"model": {**_FULL, "memory_views": "other", "dual_probe": True},
                 "loss": {"distill": True, "infer": "memory", "distill_start": 0.3}},
+    "d: mid-level fusion (layer 2)": {"model": {**_FULL, "fusion_layer": 2}, "loss": {"distill": True}},
+    "f: cross-classifier consistency": {"model": {**_FULL, "cross_consistency": True}, "loss": {"distill": True}},
+    "a+b+c+d+e": {"model": {**_FULL, "memory_views": "other", "dual_probe": True, "fusion_layer": 2},
+                  "loss": {"distill": True, "infer": "memory", "distill_start": 0.3}},
+    "a+b+c+e+f": {"model": {**_FULL, "memory_views": "other", "dual_probe": True, "cross_consistency": True},
+                  "loss": {"distill": True, "infer": "memory", "distill_start": 0.3}},
 }
 CONFIGS.update(READINGS)
 METRICS = ("rank1", "mAP", "mINP")
-CURVE_KEYS = ("val_mAP", "val_rank1", "val_v2i_mAP", "loss", "id", "tri", "dual", "fuse", "kd", "infer", "kdw_fuse",
+CURVE_KEYS = ("val_mAP", "val_rank1", "val_v2i_mAP", "loss", "id", "tri", "dual", "fuse", "kd", "infer", "cc", "kdw_fuse",
               "kdw_mem", "conf_student", "conf_fuse", "conf_mem", "seconds")
 
 

@@ -124,12 +124,21 @@ class ModelConfig:
     memory_size: int = 8  # S: slots per identity in the memory (per identity and modality with memory_views: other)
     memory_views: Literal["both", "other"] = "both"  # teacher of a sample: its identity's views of both modalities | of the OTHER modality only (reading a, docs/method.md)
     dual_probe: bool = False  # W^v, W^r trained on detached g: probes that do not move the shared layers (reading c)
+    fusion_layer: int = 0  # 0: h = attention fusion of the pair's g (section 1) | 2 or 3: mid-level fusion (reading d): the pair's layer-2/3 maps averaged, through the remaining shared layers, GeM and BNNeck
+    cross_consistency: bool = False  # reading f (MPANet): EMA copies of W^v, W^r; the cc term pulls W^m g toward the other modality's EMA classifier
+    cc_update: float = 0.2  # EMA rate of reading f: W_ema <- (1 - r) W_ema + r W after every step (MPANet's update_rate)
     non_local: bool = True  # AGW's non-local attention blocks in layer2/layer3 (docs/method.md)
 
     def __post_init__(self) -> None:
         _check(self.last_stride in (1, 2), "model.last_stride", "must be 1 or 2")
         _check(self.gem_p >= 1.0, "model.gem_p", "must be >= 1")
         _check(self.memory_size >= 1, "model.memory_size", "must be >= 1")
+        _check(self.fusion_layer in (0, 2, 3), "model.fusion_layer", f"must be 0, 2 or 3, got {self.fusion_layer}")
+        _check(self.fusion or self.fusion_layer == 0, "model.fusion_layer",
+               "mid-level fusion makes the fused feature h: it needs model.fusion: true")
+        _check(self.fusion or not self.cross_consistency, "model.cross_consistency",
+               "needs the modality classifiers W^v, W^r: turn on model.fusion")
+        _check(0.0 < self.cc_update <= 1.0, "model.cc_update", f"must be in (0, 1], got {self.cc_update}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class LossWeights:
     fuse: float = 1.0  # fused pair features under the shared classifier
     kd: float = 1.0  # self-distillation
     infer: float = 1.0  # feature-level inference toward the other modality (loss.infer; reading b)
+    cc: float = 2.5  # cross-classifier consistency (model.cross_consistency; reading f; MPANet's weight_KL)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

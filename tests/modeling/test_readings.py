@@ -1,6 +1,7 @@
 """The cross-modal readings of docs/method.md (switches; today's reading stays the default):
 a) memory teacher from the other modality's views, b) feature-level inference,
-c) dual classifiers as probes, e) late distillation."""
+c) dual classifiers as probes, d) mid-level fusion, e) late distillation, f) cross-classifier
+consistency."""
 
 from __future__ import annotations
 
@@ -113,3 +114,87 @@ def test_infer_needs_its_teacher_and_distill_start_is_a_fraction() -> None:
         config_from_dict(plain)
     with pytest.raises(ConfigError, match=r"loss\.distill_start"):
         _config(distill_start=1.0)
+
+
+def test_mid_level_fusion_h_is_the_pairs_averaged_layer_maps_through_the_rest() -> None:
+    task = make_task(model={**FULL, "fusion_layer": 2}, loss={"distill": False})
+    model = task.model.eval()  # BatchNorm on running statistics: h can be recomputed by hand
+    images, labels, mods = batch(p=4, k=2)
+    n = labels.shape[0] // 2
+    out = model(images, mods, split=n, fuse_mid=True)
+    plain = model(images, mods, split=n)
+    torch.testing.assert_close(out["f"], plain["f"])  # the single-image features are unchanged
+    torch.testing.assert_close(out["g"], plain["g"])
+    bb = model.backbone
+    y = bb.stem_split(images, n)
+    mid = bb.layer2(bb.layer1(y))
+    by_hand = model.bnneck(model.pool(bb.layer4(bb.layer3(0.5 * (mid[:n] + mid[n:])))))
+    torch.testing.assert_close(out["h"], by_hand)
+    assert out["h"].shape == (n, model.feat_dim)
+
+
+def test_mid_level_fusion_fuse_term_is_ce_of_h_and_every_parameter_learns() -> None:
+    task = make_task(model={**FULL, "fusion_layer": 3}, loss={"distill": True})
+    images, labels, mods = batch(p=4, k=2, seed=5)
+    n = labels.shape[0] // 2
+    task(images, labels, mods)  # fill nothing: memory is written in after_step only
+    losses, state = task(images, labels, mods)
+    h = task.model(images, mods, split=n, fuse_mid=True)["h"]  # train mode: the same batch statistics
+    expected = F.cross_entropy(F.linear(h, task.model.classifier.weight), labels[:n])
+    assert losses["fuse"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # the attention weights W^v, W^r no longer shape h: the fuse term leaves them without gradient
+    losses["fuse"].backward()
+    assert task.model.dual_classifiers is not None
+    assert all(c.weight.grad is None for c in task.model.dual_classifiers)
+    assert task.model.backbone.layer4[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.backbone.stems[1].parameters()
+               if p.ndim > 1)  # both stems feed the fused maps
+
+
+def test_cross_consistency_by_hand_and_the_ema_moves_after_the_step() -> None:
+    task = make_task(model={**FULL, "cross_consistency": True, "cc_update": 0.25}, loss={"distill": False})
+    model = task.model
+    assert model.dual_ema is not None and model.dual_classifiers is not None
+    assert "dual_ema" in model.state_dict()  # saved with checkpoints, restored on resume
+    w_v, w_r = (c.weight for c in model.dual_classifiers)
+    with torch.no_grad():  # make the EMA copies differ from the live classifiers
+        model.dual_ema.add_(0.01 * torch.randn_like(model.dual_ema))
+    ema_before = model.dual_ema.clone()
+    images, labels, mods = batch(p=4, k=2, seed=2)
+    n = labels.shape[0] // 2
+    losses, state = task(images, labels, mods)
+    g = state.features
+    own = torch.cat([F.linear(g[:n], w_v), F.linear(g[n:], w_r)])  # visible by W^v, infrared by W^r
+    other = torch.cat([F.linear(g[:n], ema_before[1]), F.linear(g[n:], ema_before[0])])  # the other's EMA
+    p, q = torch.softmax(own, 1), torch.softmax(other, 1)
+    by_hand = (p * (p.log() - q.log())).sum(1).mean()
+    assert losses["cc"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    kl = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(other, 1), p)  # MPANet's call
+    assert losses["cc"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert task.total(losses).item() == pytest.approx(
+        sum(v.item() for k, v in losses.items() if k != "cc") + 2.5 * losses["cc"].item(), rel=1e-5)
+    losses["cc"].backward()
+    assert model.dual_ema.grad is None and w_v.grad.abs().sum() > 0 and w_r.grad.abs().sum() > 0
+    assert model.backbone.layer4[0].conv1.weight.grad.abs().sum() > 0  # through p, into g
+    task.after_step(state)
+    torch.testing.assert_close(model.dual_ema[0], 0.75 * ema_before[0] + 0.25 * w_v.detach())
+    torch.testing.assert_close(model.dual_ema[1], 0.75 * ema_before[1] + 0.25 * w_r.detach())
+
+
+def test_readings_d_and_f_are_off_by_default_and_checked() -> None:
+    task = make_task(model=FULL)
+    assert task.model.dual_ema is None and "dual_ema" not in task.model.state_dict()
+    assert "cc" not in task(*batch())[0]
+    plain = config_to_dict(Config())
+    assert plain["model"]["fusion_layer"] == 0 and plain["model"]["cross_consistency"] is False
+    for key, value, match in (("fusion_layer", 1, r"model\.fusion_layer.*0, 2 or 3"),
+                              ("cc_update", 0.0, r"model\.cc_update")):
+        bad = config_to_dict(Config())
+        bad["model"][key] = value
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(bad)
+    for key, value in (("fusion_layer", 2), ("cross_consistency", True)):
+        bad = config_to_dict(Config())
+        bad["model"].update({"fusion": False, key: value})
+        with pytest.raises(ConfigError, match=rf"model\.{key}.*model\.fusion"):
+            config_from_dict(bad)

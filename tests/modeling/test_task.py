@@ -55,12 +55,14 @@ def test_layout_is_checked() -> None:
         check_batch_layout(labels[:-1], mods[:-1])  # odd batch
 
 
-def test_full_configuration_every_parameter_learns() -> None:
-    task = make_task(model=FULL)
+@pytest.mark.parametrize("extra", [{}, {"fusion_layer": 2}, {"cross_consistency": True},
+                                   {"memory_views": "other", "dual_probe": True, "fusion_layer": 3}])
+def test_full_configuration_every_parameter_learns(extra: dict) -> None:
+    task = make_task(model={**FULL, **extra})
     _sgd_step(task)  # the memory teacher exists from now on
     assert task.model.memory is not None and bool(task.model.memory.valid.any(1).all())
     losses = _step(task, seed=1)
-    assert set(losses) == {"id", "tri", "dual", "fuse", "kd"}
+    assert set(losses) == {"id", "tri", "dual", "fuse", "kd"} | ({"cc"} if extra.get("cross_consistency") else set())
     assert _trainable_without_gradient(task) == []
     bnneck = task.model.bnneck
     assert not bnneck.bias.requires_grad and bnneck.bias.grad is None

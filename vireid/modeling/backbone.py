@@ -240,8 +240,7 @@ class TwoStreamResNet(nn.Module):
         # split: the caller guarantees rows [:split] are visible and [split:] infrared (the
         # sampler's layout); routing then needs no data-dependent shapes and no device sync.
         if split is not None:
-            y = torch.cat([self.stems[0](x[:split]), self.stems[1](x[split:])])  # [B,64,H/4,W/4]
-            return self.trunk(y)
+            return self.trunk(self.stem_split(x, split))
         parts: list[Tensor] = []
         index: list[Tensor] = []
         for code, stem in enumerate(self.stems):
@@ -255,7 +254,31 @@ class TwoStreamResNet(nn.Module):
         y = torch.cat(parts).index_select(0, torch.argsort(order))  # back to input order
         return self.trunk(y)  # [B,C,h,w]
 
+    def stem_split(self, x: Tensor, split: int) -> Tensor:
+        """The stems of a batch whose rows ``[:split]`` are visible and ``[split:]`` infrared."""
+        # x [B,3,H,W] -> [B,64,H/4,W/4]
+        return torch.cat([self.stems[0](x[:split]), self.stems[1](x[split:])])
+
     def trunk(self, y: Tensor) -> Tensor:
         """The shared layers, one static-shape region (what ``compile_for_speed`` compiles)."""
         # y [B,64,H/4,W/4] -> [B,C,h,w]
         return self.layer4(self.layer3(self.layer2(self.layer1(y))))
+
+    def stages(self) -> tuple[nn.Module, ...]:
+        """The shared layers in order: ``layer1..layer4``."""
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def trunk_with_mid(self, y: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """The shared layers as :meth:`trunk` (eager), also returning layer ``level``'s output."""
+        # y [B,64,H/4,W/4] -> ([B,C,h,w], [B,C_level,h_level,w_level])
+        mid = y
+        for stage in self.stages()[:level]:
+            mid = stage(mid)
+        return self.trunk_from(mid, level), mid
+
+    def trunk_from(self, mid: Tensor, level: int) -> Tensor:
+        """The shared layers after layer ``level`` (``level`` in 1..4; 4: none)."""
+        # mid [N,C_level,h_level,w_level] -> [N,C,h,w]
+        for stage in self.stages()[level:]:
+            mid = stage(mid)
+        return mid

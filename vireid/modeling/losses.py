@@ -168,3 +168,16 @@ def inference_loss(g: Tensor, target: Tensor, present: Tensor | None) -> Tensor:
     if present is not None:
         d = d * present.to(d.dtype)
     return d.mean()
+
+
+def cross_consistency_loss(own_logits: Tensor, other_ema_logits: Tensor) -> Tensor:
+    """MPANet's modality consistency (docs/method.md, reading f): ``mean_i KL(p_i || q_i)`` with
+    ``p = softmax(own_logits)`` (sample i under its own modality's classifier; the gradient
+    flows here) and ``q = softmax(other_ema_logits)`` (under the other modality's EMA
+    classifier, detached here), T = 1, as ``nn.KLDivLoss(reduction="batchmean")(log q, p)``.
+
+    own_logits [N,C], other_ema_logits [N,C] -> 0-dim float32.
+    """
+    log_p = F.log_softmax(own_logits.float(), dim=1)  # [N,C]
+    log_q = F.log_softmax(other_ema_logits.detach().float(), dim=1)  # [N,C]
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()

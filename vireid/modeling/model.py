@@ -66,13 +66,41 @@ class VIReIDModel(nn.Module):
         if cfg.memory:  # memory_views "other": one ring per (identity, modality), row 2 * label + modality
             rows = num_classes * (2 if cfg.memory_views == "other" else 1)
             self.memory = MultiViewMemory(rows, cfg.memory_size, self.feat_dim)
+        ema = None  # reading f: EMA copies of [W^v, W^r] [2,C,d], index = modality code
+        if cfg.cross_consistency:
+            assert self.dual_classifiers is not None  # checked by ModelConfig
+            ema = torch.stack([c.weight.detach().clone() for c in self.dual_classifiers])
+        self.dual_ema: Tensor | None
+        self.register_buffer("dual_ema", ema)
 
-    def forward(self, x: Tensor, modality: Tensor, split: int | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, modality: Tensor, split: int | None = None,
+                fuse_mid: bool = False) -> dict[str, Tensor]:
         # x [B,3,H,W], modality [B] -> f [B,d] pooled (triplet), g [B,d] BNNeck (classifiers)
         # split: rows [:split] visible, [split:] infrared (see TwoStreamResNet.forward)
-        f = self.pool(self.backbone(x, modality, split))  # [B,d] float32
-        g = self.bnneck(f)  # [B,d]
-        return {"f": f, "g": g}
+        # fuse_mid (reading d; needs the sampler's layout, split = B/2): also h [B/2,d], pair k's
+        # layer-L maps (L = model.fusion_layer) averaged and passed through the remaining shared
+        # layers, GeM and BNNeck
+        if not fuse_mid:
+            f = self.pool(self.backbone(x, modality, split))  # [B,d] float32
+            return {"f": f, "g": self.bnneck(f)}
+        level = self.cfg.fusion_layer
+        if level == 0 or split is None or 2 * split != x.shape[0]:
+            raise ValueError(f"fuse_mid: needs model.fusion_layer 2 or 3 (got {level}) and a "
+                             f"[visible block, infrared block] batch (split {split} of {x.shape[0]})")
+        bb = self.backbone
+        maps, mid = bb.trunk_with_mid(bb.stem_split(x, split), level)  # [B,C,h,w], [B,C_L,h_L,w_L]
+        mixed = 0.5 * (mid[:split] + mid[split:])  # [n,C_L,h_L,w_L]: pair k = rows k and n + k
+        f = self.pool(maps)  # [B,d]
+        h = self.bnneck(self.pool(bb.trunk_from(mixed, level)))  # [n,d]
+        return {"f": f, "g": self.bnneck(f), "h": h}
+
+    @torch.no_grad()
+    def update_dual_ema(self) -> None:
+        """Reading f: ``W_ema <- (1 - r) W_ema + r W`` for W^v and W^r (r = ``model.cc_update``)."""
+        if self.dual_ema is None or self.dual_classifiers is None:
+            return
+        for m, c in enumerate(self.dual_classifiers):
+            self.dual_ema[m].lerp_(c.weight.detach().to(self.dual_ema.dtype), self.cfg.cc_update)
 
     @torch.no_grad()
     def embed(self, x: Tensor, modality: Tensor) -> Tensor:

@@ -61,13 +61,15 @@ class ReIDTask(nn.Module):
 
     Terms: ``id`` (shared classifier on g), ``tri`` (triplet on f, unless ``loss.triplet``
     is none), ``dual`` and ``fuse`` (when ``model.fusion``), ``kd`` (when ``loss.distill``),
-    ``infer`` (when ``loss.infer`` is not none). :meth:`total` weighs them with
+    ``infer`` (when ``loss.infer`` is not none), ``cc`` (when ``model.cross_consistency``). :meth:`total` weighs them with
     ``loss.weights``. The task holds no optimiser and no parameters of its own.
 
     The readings of docs/method.md ("Readings that carry features across modalities"):
     ``model.memory_views: other`` gives each sample the memory teacher of its identity's
     views of the other modality; ``model.dual_probe`` trains W^v, W^r on detached g;
-    ``loss.infer`` adds the feature-level term; ``late_terms`` (set per epoch by the Trainer
+    ``loss.infer`` adds the feature-level term; ``model.fusion_layer`` 2 or 3 makes h from the
+    pair's mid-level maps (reading d); ``model.cross_consistency`` adds MPANet's ``cc`` (reading
+    f; the EMA classifiers move in :meth:`after_step`); ``late_terms`` (set per epoch by the Trainer
     from ``loss.distill_start``) switches ``kd`` and ``infer`` on.
     """
 
@@ -85,7 +87,8 @@ class ReIDTask(nn.Module):
         # images [B,3,H,W] in sampler layout, labels [B], modalities [B] -> named scalar losses
         cfg, model = self.cfg, self.model
         n = check_batch_layout(labels, modalities)
-        out = model(images, modalities, split=n)  # layout checked: route stems by halves
+        mid_fusion = model.cfg.fusion_layer > 0  # reading d: h from the pair's mid-level maps
+        out = model(images, modalities, split=n, fuse_mid=mid_fusion)  # layout checked: route stems by halves
         f, g = out["f"], out["g"]  # [B,d] each
         w = model.classifier.weight  # [C,d]
         logits = F.linear(g, w)  # [B,C]
@@ -102,9 +105,14 @@ class ReIDTask(nn.Module):
             w_v, w_r = model.dual_classifiers[0].weight, model.dual_classifiers[1].weight  # [C,d]
             g_v, g_r, y = g[:n], g[n:], labels[:n]  # [n,d], [n,d], [n]
             d_v, d_r = (g_v.detach(), g_r.detach()) if model.cfg.dual_probe else (g_v, g_r)
-            losses["dual"] = L.dual_classifier_loss(F.linear(d_v, w_v), y, F.linear(d_r, w_r), y,
-                                                    cfg.label_smoothing)
-            h = fuse_pairs(g_v, g_r, y, w_v.detach(), w_r.detach())  # [n,d]
+            logits_v, logits_r = F.linear(d_v, w_v), F.linear(d_r, w_r)  # [n,C] each
+            losses["dual"] = L.dual_classifier_loss(logits_v, y, logits_r, y, cfg.label_smoothing)
+            if model.dual_ema is not None:  # reading f: each modality's classifier toward the other's EMA copy
+                ema = model.dual_ema.to(g.dtype)  # [2,C,d]
+                other = torch.cat([F.linear(g_v.detach(), ema[1]), F.linear(g_r.detach(), ema[0])])  # [2n,C]
+                losses["cc"] = L.cross_consistency_loss(torch.cat([logits_v, logits_r]), other)
+            # h [n,d]: reading d's mid-level fusion, or section 1's attention fusion of g
+            h = out["h"] if mid_fusion else fuse_pairs(g_v, g_r, y, w_v.detach(), w_r.detach())
             fused_logits = F.linear(h, w)  # [n,C]
             losses["fuse"] = L.fused_feature_loss(fused_logits, y, cfg.label_smoothing)
             teachers.append((fused_logits.detach().repeat(2, 1), None))  # pair k teaches k and n+k
@@ -145,6 +153,7 @@ class ReIDTask(nn.Module):
         before the write, so that the last S views of an identity hold both modalities for
         every S >= 2 (docs/method.md section 2, "multi-view").
         """
+        self.model.update_dual_ema()  # reading f (no-op otherwise)
         memory = self.model.memory
         if memory is None:
             return
