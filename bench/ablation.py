@@ -83,16 +83,20 @@ CURVE_KEYS = ("val_mAP", "val_rank1", "val_v2i_mAP", "loss", "id", "tri", "dual"
               "kdw_mem", "conf_student", "conf_fuse", "conf_mem", "seconds")
 
 
-def run_one(cfg: Config, shards: Path, work: Path, device: torch.device) -> dict[str, Any]:
+def run_one(cfg: Config, shards: Path, work: Path, device: torch.device, label: str = "") -> dict[str, Any]:
     """Train one configuration; evaluate the selected and the last epoch on the headline
     protocol. Returns ``selected`` and ``last`` (metric means, percent), ``selected_epoch``
-    and the per-epoch ``curve`` (validation mAP / Rank-1 where validated, training loss)."""
+    and the per-epoch ``curve`` (validation mAP / Rank-1 where validated, training loss).
+    A progress line per epoch goes to stderr, prefixed with ``label``."""
     trainer = Trainer(cfg, shards, device=device)
     curve: list[dict[str, float]] = []
     for _ in range(cfg.train.epochs):
         record = trainer.run_epoch()
         curve.append({"epoch": record["epoch"],
                       **{k: float(record[k]) for k in CURVE_KEYS if k in record}})
+        val = f" val_mAP {record['val_mAP']:.3f}" if "val_mAP" in record else ""
+        print(f"{label} epoch {int(record['epoch'])}/{cfg.train.epochs}: loss {record.get('loss', float('nan')):.3f}"
+              f"{val} ({record.get('seconds', 0.0):.0f} s)", file=sys.stderr, flush=True)
     key = cfg.eval.headline.rsplit("/", 1)[0]
     out: dict[str, Any] = {"selected_epoch": trainer.best.epoch if trainer.best else cfg.train.epochs,
                            "curve": curve}
@@ -348,7 +352,7 @@ def main() -> None:
                 cfg = replace(base, train={"seed": seed}, **CONFIGS[name])  # type: ignore[arg-type]
                 t0 = time.perf_counter()
                 run_dir = root / f"run-{name.replace(' ', '')}-{seed}"
-                r = run_one(cfg, shards, run_dir, device)
+                r = run_one(cfg, shards, run_dir, device, f"[{name} seed {seed}]")
                 r.update(seed=seed, seconds=time.perf_counter() - t0)
                 if keep:
                     r["model_file"] = str(keep_model(run_dir, keep, name, seed))
