@@ -198,3 +198,13 @@ def test_readings_d_and_f_are_off_by_default_and_checked() -> None:
         bad["model"].update({"fusion": False, key: value})
         with pytest.raises(ConfigError, match=rf"model\.{key}.*model\.fusion"):
             config_from_dict(bad)
+
+
+def test_mid_level_fusion_forward_names_what_it_needs() -> None:
+    images, labels, mods = batch(p=2, k=2)
+    n = labels.shape[0] // 2
+    with pytest.raises(ValueError, match=r"model\.fusion_layer 2 or 3 \(got 0\)"):
+        make_task(model=FULL).model(images, mods, split=n, fuse_mid=True)
+    model = make_task(model={**FULL, "fusion_layer": 2}).model
+    with pytest.raises(ValueError, match=r"\[visible block, infrared block\] batch \(split None of 8\)"):
+        model(images, mods, fuse_mid=True)
