@@ -2,9 +2,10 @@
 
 Five configurations of one code path (METHOD.md, "The ablation"), each trained with
 several seeds on the same prepared shards (single process, no Ray: the same ``Trainer``
-the Ray workers run) and evaluated with the headline SYSU-MM01 protocol of ``params.yaml``
-(all-search single-shot by default, 10 gallery trials), for the selected epoch (best
-held-out validation mAP) and the last epoch. Reports each configuration's mean and spread,
+the Ray workers run) and evaluated with the headline protocol of ``params.yaml`` (SYSU-MM01
+all-search single-shot by default, 10 gallery trials; with ``data.dataset: regdb`` the RegDB
+layout and its headline direction, e.g. ``regdb/v2t/mAP``, on ``data.regdb_trial``), for the
+selected epoch (best held-out validation mAP) and the last epoch. Reports each configuration's mean and spread,
 the paired per-seed difference to the baseline with a 95 % confidence interval (Student t
 over seeds), the chance level of the same protocol, and every run's validation curve.
 
@@ -42,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vireid.config import Config, config_from_dict, replace  # noqa: E402
 from vireid.data.prepare import prepare  # noqa: E402
 from vireid.data.shards import ShardSet  # noqa: E402
-from vireid.data.synthetic import generate_sysu  # noqa: E402
+from vireid.data.synthetic import generate_regdb, generate_sysu  # noqa: E402
 from vireid.evaluation.chance import chance_level as random_chance  # noqa: E402
+from vireid.evaluation.regdb import regdb_protocol  # noqa: E402
 from vireid.evaluation.sysu import sysu_protocol  # noqa: E402
 from vireid.stages.evaluate import evaluate, samples_of  # noqa: E402
 from vireid.training.checkpoint import cpu_state_dict, save_model  # noqa: E402
@@ -130,18 +132,48 @@ def keep_model(run_dir: Path, keep: Path, name: str, seed: int) -> Path:
 def chance_level(cfg: Config, shards: Path, draws: int = 10) -> dict[str, float]:
     """The headline protocol's means on random unit embeddings (the chance level), percent,
     averaged over ``draws`` draws (:func:`vireid.evaluation.chance.chance_level`, as the
-    evaluate stage computes it)."""
-    mode, shot = cfg.eval.headline.split("/")[1:3]
+    evaluate stage computes it): SYSU-MM01's mode and shot, or RegDB's direction on the
+    shards' trial (query table visible, gallery thermal, as the evaluate stage reads them)."""
     tables = ShardSet(shards)
     q, g = tables.table("query"), tables.table("gallery")
-    query, pool = samples_of(q, "query"), samples_of(g, "gallery")
+    parts = cfg.eval.headline.split("/")
+    if parts[0] == "regdb":
+        trial = int(tables.manifest.get("regdb_trial") or cfg.data.regdb_trial)
 
-    def protocol(qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
-        means, _ = sysu_protocol(query, qf, pool, gf, mode=mode, shot=shot,
-                                 trials=cfg.eval.trials).mean_std()
-        return {m: 100.0 * means[m] for m in METRICS}
+        def protocol(qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
+            r = regdb_protocol(qf, q.identity, gf, g.identity, trial=trial, model_trial=trial,
+                               directions=[parts[1]])[parts[1]].summary()
+            return {m: 100.0 * r[m] for m in METRICS}
+    else:
+        mode, shot = parts[1:3]
+        query, pool = samples_of(q, "query"), samples_of(g, "gallery")
+
+        def protocol(qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
+            means, _ = sysu_protocol(query, qf, pool, gf, mode=mode, shot=shot,
+                                     trials=cfg.eval.trials).mean_std()
+            return {m: 100.0 * means[m] for m in METRICS}
 
     return random_chance(protocol, len(q), len(g), draws=draws)
+
+
+def prepare_draw(cfg: Config, root: Path, shards: Path) -> Path:
+    """Generate the synthetic tree of ``cfg.data.synth`` in ``root`` in ``cfg.data.dataset``'s
+    layout (SYSU-MM01 or RegDB) and prepare its shards (RegDB: split trial
+    ``cfg.data.regdb_trial``) in ``shards``."""
+    if cfg.data.dataset == "regdb":
+        tree = generate_regdb(root / "RegDB", cfg.data.synth)
+    else:
+        tree = generate_sysu(root / "SYSU-MM01", cfg.data.synth)
+    return prepare(replace(cfg, data={"root": str(tree)}).data, shards)
+
+
+def headline_only(cfg: Config) -> Config:
+    """``cfg`` evaluating only the headline protocol (SYSU-MM01: its mode and shot; RegDB's
+    evaluation runs both directions of one trial, the headline picks one)."""
+    parts = cfg.eval.headline.split("/")
+    if parts[0] != "sysu":
+        return cfg
+    return replace(cfg, eval={"sysu_modes": [parts[1]], "sysu_shots": [parts[2]]})
 
 
 def paired_ci(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -318,7 +350,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = config_from_dict(yaml.safe_load(Path(args.params).read_text()))
     # one protocol (the headline), and the pipeline's settings otherwise
-    mode, shot = base.eval.headline.split("/")[1:3]
     overrides: dict[str, dict[str, Any]] = {"train": {"epochs": args.epochs or base.train.epochs}}
     if args.loader_workers >= 0:
         overrides["train"]["loader_workers"] = args.loader_workers
@@ -326,7 +357,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
         overrides.setdefault(section, {})[name] = yaml.safe_load(value)
-    base = replace(base, eval={"sysu_modes": [mode], "sysu_shots": [shot]}, **overrides)
+    base = headline_only(replace(base, **overrides))
     out = Path(args.json) if args.json else None
     data: dict[str, Any] = json.loads(out.read_text()) if out and out.exists() else {}
     results: dict[str, list[dict[str, Any]]] = data.get("results", {})
@@ -337,8 +368,7 @@ def main() -> None:
         keep = Path(args.keep) if args.keep else None
         shards = Path(args.shards) if args.shards else (keep or root) / "shards"
         if not args.shards and not (shards / "manifest.json").exists():
-            generate_sysu(root / "SYSU-MM01", base.data.synth)
-            prepare(replace(base, data={"root": str(root / "SYSU-MM01")}).data, shards)
+            prepare_draw(base, root, shards)
         chance = chance_level(base, shards)
         data.update(seeds=sorted({*data.get("seeds", []), *args.seeds}), epochs=base.train.epochs,
                     device=str(device), protocol=base.eval.headline, overrides=args.set,
