@@ -128,6 +128,12 @@ def dynamic_weight(teacher_logits: Tensor, student_logits: Tensor, labels: Tenso
     return (q_t - q_s).clamp(min=0.0)
 
 
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row ``KL(p || q) = sum_c p_c (log p_c - log q_c)`` from log-probabilities [N,C] -> [N];
+    the caller detaches the side that gets no gradient."""
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
 def distillation_loss(student_logits: Tensor, teachers: list[tuple[Tensor, Tensor | None]],
                       labels: Tensor, temperature: float, dynamic: bool = True) -> tuple[Tensor, list[Tensor]]:
     """Self-distillation, docs/method.md section 3.
@@ -144,7 +150,7 @@ def distillation_loss(student_logits: Tensor, teachers: list[tuple[Tensor, Tenso
     for teacher_logits, present in teachers:
         teacher_logits = teacher_logits.detach().float()
         log_p_t = F.log_softmax(teacher_logits / t, dim=1)  # [N,C]
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)  # [N] KL(p_t || p_s)
+        kl = _kl(log_p_t, log_p_s)  # [N] KL(p_t || p_s)
         if dynamic:
             w = dynamic_weight(teacher_logits, student_logits, labels)  # [N]
         else:
@@ -180,4 +186,4 @@ def cross_consistency_loss(own_logits: Tensor, other_ema_logits: Tensor) -> Tens
     """
     log_p = F.log_softmax(own_logits.float(), dim=1)  # [N,C]
     log_q = F.log_softmax(other_ema_logits.detach().float(), dim=1)  # [N,C]
-    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    return _kl(log_p, log_q).mean()
