@@ -5,9 +5,10 @@ several seeds on the same prepared shards (single process, no Ray: the same ``Tr
 the Ray workers run) and evaluated with the headline protocol of ``params.yaml`` (SYSU-MM01
 all-search single-shot by default, 10 gallery trials; with ``data.dataset: regdb`` the RegDB
 layout and its headline direction, e.g. ``regdb/v2t/mAP``, on ``data.regdb_trial``), for the
-selected epoch (best held-out validation mAP) and the last epoch. Reports each configuration's mean and spread,
-the paired per-seed difference to the baseline with a 95 % confidence interval (Student t
-over seeds), the chance level of the same protocol, and every run's validation curve.
+selected epoch (best held-out validation mAP) and the last epoch. Reports each
+configuration's mean and spread, the paired per-seed difference to the baseline with a 95 %
+confidence interval (Student t over seeds), the chance level of the same protocol, and every
+run's validation curve.
 
     uv run python bench/ablation.py --seeds 0 1 2 3 4 --json bench/results/ablation_cpu.json \
         --plot docs/img/ablation_curves.png
